@@ -67,61 +67,83 @@ def code_of(w: torch.Tensor, bound: float, max_bits: int) -> torch.Tensor:
     return code.clamp_(0, 2**max_bits - 1).to(torch.int64)
 
 
+def _key(f: torch.Tensor) -> torch.Tensor:
+    """Order-preserving int64 key of float32 values (adjacent floats have adjacent keys)."""
+    i = f.contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(i >= 0, i, -(i & 0x7FFFFFFF))
+
+
+def _unkey(k: torch.Tensor) -> torch.Tensor:
+    bits = torch.where(k >= 0, k, (-k) | 0x80000000)
+    bits = torch.where(bits >= 2**31, bits - 2**32, bits)
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def _smallest_true(pred: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Bisection over float32 keys: ``pred`` is monotone (False then True), ``pred(a)`` is False
+    and ``pred(b)`` is True; returns the smallest key where it is True."""
+    while True:
+        gap = b - a > 1
+        if not bool(gap.any()):
+            return b
+        m = torch.where(gap, (a + b) // 2, b)
+        v = pred(m)
+        b = torch.where(gap & v, m, b)
+        a = torch.where(gap & ~v, m, a)
+
+
 def _float32_edges(
     prefix: torch.Tensor, bits: torch.Tensor, bound: float, max_bits: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The smallest and largest float32 values whose code carries the frozen prefix.
 
     ``code_of`` is monotone in ``w``, so the float32 values whose top ``b`` bits equal the prefix
-    form one contiguous range. Its ends are found by rounding the real edges to float32 and then
-    stepping with ``nextafter`` until the float64 code check holds on the inside and fails on the
-    outside; this is exact (the check is the definition itself), which is what keeps a frozen bit
-    from ever flipping at a bin edge. Scalars with ``b = 0`` get ``[-B, B)`` in float32.
+    form one contiguous range, also bounded by ``[-B, B)``. Its ends are found by bisection over
+    the ordered float32 values with the float64 code check itself as the test, so they are exact:
+    this is what keeps a frozen bit from ever flipping at a bin edge (float64 rounding of
+    ``w + B`` near ``w = 0`` shifts an edge by many float32 steps, which no fixed rounding rule
+    would catch). A bracket of a few floats around the real edge is tried first; only scalars
+    outside it are searched over the whole range. Scalars with ``b = 0`` get ``[-B, B)``.
     """
     n = max_bits
-    b = bits.to(torch.int64)
-    shift = n - b
-    lo_code = prefix.to(torch.int64) << shift
-    hi_code = ((prefix.to(torch.int64) + 1) << shift) - 1  # inclusive
-    free = b == 0
-    lo_code = torch.where(free, torch.zeros_like(lo_code), lo_code)
-    hi_code = torch.where(free, torch.full_like(hi_code, 2**n - 1), hi_code)
-    scale = 2.0 * bound / float(2**n)
-    inf = torch.tensor(float("inf"), dtype=torch.float32)
-    # Codes are clamped at both ends, so values below -B have code 0 and values at or above B
-    # have code 2**N - 1; the spec keeps every weight inside [-B, B) anyway.
-    lo_real = torch.clamp(lo_code.to(torch.float64) * scale - bound, min=-bound)
-    hi_real = torch.clamp((hi_code + 1).to(torch.float64) * scale - bound, max=bound)
-    lo = lo_real.to(torch.float32)
-    hi = hi_real.to(torch.float32)
-    # Fix: step each end inward until the exact float64 check holds (one step suffices unless an
-    # edge lies within float64 rounding of B's magnitude; 64 is a generous cap).
-    for _ in range(64):
-        bad = (code_of(lo, bound, n) < lo_code) | (lo.to(torch.float64) < -bound)
-        if not bool(bad.any()):
-            break
-        lo = torch.where(bad, torch.nextafter(lo, inf), lo)
-    for _ in range(64):
-        bad = (code_of(hi, bound, n) > hi_code) | (hi.to(torch.float64) >= bound)
-        if not bool(bad.any()):
-            break
-        hi = torch.where(bad, torch.nextafter(hi, -inf), hi)
-    # Widen: step each end outward while the next float is still inside. A few steps reach the
-    # exact end; where float64 rounding near w = 0 makes many floats share a code, stopping early
-    # leaves the interval a few ulps narrower, which never lets a frozen bit change.
-    for _ in range(4):
-        prev = torch.nextafter(lo, -inf)
-        ok = (code_of(prev, bound, n) >= lo_code) & (prev.to(torch.float64) >= -bound)
-        if not bool(ok.any()):
-            break
-        lo = torch.where(ok, prev, lo)
-    for _ in range(4):
-        nxt = torch.nextafter(hi, inf)
-        ok = (code_of(nxt, bound, n) <= hi_code) & (nxt.to(torch.float64) < bound)
-        if not bool(ok.any()):
-            break
-        hi = torch.where(ok, nxt, hi)
-    return lo, hi
+    top = 2.0 * bound
+
+    glob = torch.tensor([-bound, math.nextafter(bound, 0.0)], dtype=torch.float64)
+    g = _key(glob.to(torch.float32))
+    # Both predicates below are monotone in w (False then True), as bisection needs.
+    g_lo = int(_smallest_true(lambda k: _unkey(k).double() >= -bound, g[:1] - 3, g[:1] + 3)[0])
+    g_hi = int(_smallest_true(lambda k: _unkey(k).double() >= bound, g[1:] - 3, g[1:] + 3)[0]) - 1
+    lo_key = torch.full(bits.shape, g_lo, dtype=torch.int64)
+    hi_key = torch.full(bits.shape, g_hi, dtype=torch.int64)
+    sel = bits > 0
+    if bool(sel.any()):
+        b = bits[sel].to(torch.int64)
+        pre = prefix[sel].to(torch.int64)
+        lo_code = pre << (n - b)
+        hi_code = ((pre + 1) << (n - b)) - 1
+        scale = top / float(2**n)
+
+        def lo_ok(k: torch.Tensor) -> torch.Tensor:
+            f = _unkey(k)
+            return (code_of(f, bound, n) >= lo_code) & (f.to(torch.float64) >= -bound)
+
+        def hi_bad(k: torch.Tensor) -> torch.Tensor:
+            f = _unkey(k)
+            return (code_of(f, bound, n) > hi_code) | (f.to(torch.float64) >= bound)
+
+        wide_a = torch.full_like(lo_code, int(_key(torch.tensor([-top], dtype=torch.float32))[0]))
+        wide_b = torch.full_like(lo_code, int(_key(torch.tensor([top], dtype=torch.float32))[0]))
+        guess = _key((lo_code.to(torch.float64) * scale - bound).to(torch.float32))
+        a, z = guess - 4, guess + 4
+        ok = ~lo_ok(a) & lo_ok(z)
+        a, z = torch.where(ok, a, wide_a), torch.where(ok, z, wide_b)
+        lo_key[sel] = _smallest_true(lo_ok, a, z)
+        guess = _key(((hi_code + 1).to(torch.float64) * scale - bound).to(torch.float32))
+        a, z = guess - 4, guess + 4
+        ok = ~hi_bad(a) & hi_bad(z)
+        a, z = torch.where(ok, a, wide_a), torch.where(ok, z, wide_b)
+        hi_key[sel] = _smallest_true(hi_bad, a, z) - 1
+    return _unkey(lo_key), _unkey(hi_key)
 
 
 class BlipLayer:
@@ -195,6 +217,8 @@ class BlipLayer:
         module = self._module()
         for p in self.quantized_names:
             param = getattr(module, p)
+            # NaN (from a diverged step) would pass through a clamp: it goes to 0 first.
+            torch.nan_to_num(param, nan=0.0, out=param)
             torch.clamp(param, getattr(module, f"_{p}_lo"), getattr(module, f"_{p}_hi"), out=param)
 
     @torch.no_grad()
