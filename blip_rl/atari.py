@@ -408,8 +408,7 @@ def load_preset(name: str) -> Preset:
 def _scores() -> tuple[str, dict[str, tuple[float, float]]]:
     data = _read_toml(_SCORES_FILE)
     table = {
-        game: (float(pair["random"]), float(pair["human"]))
-        for game, pair in data["games"].items()
+        game: (float(pair["random"]), float(pair["human"])) for game, pair in data["games"].items()
     }
     return str(data["source"]), table
 
@@ -703,11 +702,11 @@ def _make_native(rom: str, num_envs: int, config: AtariConfig) -> VectorEnv:
     )
 
 
-class _FireOnReset(gym.Wrapper):  # type: ignore[type-arg]
+class _FireOnReset(gym.Wrapper):
     """Press FIRE once after each reset, in games whose action set has FIRE (like ale-py's
     native ``use_fire_reset``)."""
 
-    def __init__(self, env: gym.Env) -> None:  # type: ignore[type-arg]
+    def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
         self._fire = meanings.index("FIRE") if "FIRE" in meanings else None
@@ -722,18 +721,18 @@ class _FireOnReset(gym.Wrapper):  # type: ignore[type-arg]
         return obs, info
 
 
-def _make_gym_single(rom: str, config: AtariConfig) -> gym.Env:  # type: ignore[type-arg]
-    """One gymnasium env: raw ALE (frameskip 1) -> fire on reset -> AtariPreprocessing -> stack."""
+def _make_gym_single(rom: str, config: AtariConfig) -> gym.Env:
+    """One gymnasium env: raw ALE (frameskip 1) -> fire on reset -> AtariPreprocessing ->
+    time limit -> frame stack."""
     from ale_py.env import AtariEnv
-    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
 
-    env: gym.Env = AtariEnv(  # type: ignore[type-arg]
+    env: gym.Env = AtariEnv(
         game=rom,
         obs_type="grayscale",
         frameskip=1,
         repeat_action_probability=float(config.sticky_actions),
         full_action_space=config.full_action_space,
-        max_num_frames_per_episode=config.max_episode_frames,
     )
     if config.fire_reset:
         env = _FireOnReset(env)
@@ -746,6 +745,9 @@ def _make_gym_single(rom: str, config: AtariConfig) -> gym.Env:  # type: ignore[
         grayscale_obs=True,
         scale_obs=False,
     )
+    # Count the cap in agent frames after the no-op start, as the native backend does (ALE's
+    # own max_num_frames_per_episode would also count the no-op frames).
+    env = TimeLimit(env, max_episode_steps=-(-config.max_episode_frames // config.frame_skip))
     return FrameStackObservation(env, STACK, padding_type="zero")
 
 
@@ -756,7 +758,7 @@ def _make_gymnasium(rom: str, num_envs: int, config: AtariConfig) -> VectorEnv:
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
-class AtariVecEnv(VectorEnv):  # type: ignore[type-arg]
+class AtariVecEnv(VectorEnv):
     """A batch of one Atari game with blip-rl's observation and episode contract.
 
     Built by :func:`make_train_envs` / :func:`make_eval_envs`; see the module docstring for the
@@ -773,6 +775,7 @@ class AtariVecEnv(VectorEnv):  # type: ignore[type-arg]
 
     Attributes:
         game: the game played.
+        num_actions: size of the action set (minimal set of the game, or 18).
         config: the protocol used.
         training: ``True`` for training envs (episodic life, clipped rewards if configured).
     """
@@ -806,6 +809,7 @@ class AtariVecEnv(VectorEnv):  # type: ignore[type-arg]
             self.env = _make_gymnasium(self.game.rom, num_envs, config)
         n_actions = FULL_ACTION_COUNT if config.full_action_space else self.game.minimal_actions
         self.single_observation_space = Box(0, 255, OBS_SHAPE, np.uint8)
+        self.num_actions = n_actions
         self.single_action_space = Discrete(n_actions)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
-__all__ = ["USAGE_EXIT_CODE", "UsageError", "cli", "run_cli"]
+__all__ = ["USAGE_EXIT_CODE", "CliMain", "UsageError", "cli", "run_cli"]
 
 USAGE_EXIT_CODE = 2
 """Exit code for bad user input (argparse uses the same one)."""
@@ -24,6 +25,12 @@ class UsageError(ValueError):
 
 
 MainFn = Callable[[list[str] | None], int]
+
+
+class CliMain(Protocol):
+    """A CLI entry point: ``main()`` reads ``sys.argv``, ``main([...])`` the given arguments."""
+
+    def __call__(self, argv: list[str] | None = None) -> int: ...
 
 
 def run_cli(main_fn: MainFn, argv: Sequence[str] | None = None) -> int:
@@ -44,7 +51,7 @@ def run_cli(main_fn: MainFn, argv: Sequence[str] | None = None) -> int:
         return USAGE_EXIT_CODE
 
 
-def cli(main_fn: MainFn) -> MainFn:
+def cli(main_fn: MainFn) -> CliMain:
     """Decorator form of :func:`run_cli`: ``@cli def main(argv=None) -> int: ...``."""
 
     @functools.wraps(main_fn)

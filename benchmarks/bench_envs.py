@@ -1,0 +1,109 @@
+"""Env throughput: blip-rl's native (ale-py C++) vector path vs the gymnasium fallback.
+
+Both paths are measured through ``blip_rl.atari.make_train_envs`` (the objects training uses:
+uint8 (n, 4, 84, 84), frame skip 4, no-op starts, episodic life, reward clipping, true-score
+tracking), with the same game, the same number of envs and random actions drawn in advance.
+Rounds of the backends alternate so that load from other processes hits them alike; the
+median round is reported. The raw ``ale_py.vector_env.AtariVectorEnv`` is measured too, to show
+what blip-rl's numpy layer costs on top of it.
+
+    python benchmarks/bench_envs.py [--game pong] [--num-envs 8] [--steps 1500] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import ale_py
+import gymnasium
+import numpy as np
+from ale_py.vector_env import AtariVectorEnv
+from gymnasium.vector import AutoresetMode
+
+from blip_rl.atari import AtariConfig, make_train_envs, resolve_game
+
+
+def _timed(env_step: Callable[[np.ndarray], object], actions: np.ndarray) -> float:
+    start = time.perf_counter()
+    for a in actions:
+        env_step(a)
+    return actions.size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--game", default="pong")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=1500, help="vector steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    game = resolve_game(args.game)
+    n = args.num_envs
+    rng = np.random.default_rng(args.seed)
+    actions = rng.integers(0, game.minimal_actions, size=(args.steps, n), dtype=np.int64)
+    threads = min(n, len(os.sched_getaffinity(0)))
+
+    configs = {
+        "native (blip-rl, ale-py C++ vector env)": AtariConfig(backend="native"),
+        "gymnasium SyncVectorEnv + AtariPreprocessing": AtariConfig(
+            backend="gymnasium", gym_vectorization="sync"
+        ),
+        "gymnasium AsyncVectorEnv + AtariPreprocessing": AtariConfig(
+            backend="gymnasium", gym_vectorization="async"
+        ),
+    }
+    envs: dict[str, Callable[[np.ndarray], object]] = {}
+    closers = []
+    for label, config in configs.items():
+        env = make_train_envs(game, n, seed=args.seed, config=config)
+        env.reset()
+        env.step(actions[0])  # warm-up (subprocess start-up, caches)
+        envs[label] = env.step
+        closers.append(env.close)
+    raw = AtariVectorEnv(
+        game.rom,
+        n,
+        num_threads=threads,
+        repeat_action_probability=0.25,
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
+    raw.reset(seed=args.seed)
+    raw.step(actions[0])
+    envs["raw ale_py AtariVectorEnv (reference)"] = raw.step
+    closers.append(raw.close)
+
+    results: dict[str, list[float]] = {label: [] for label in envs}
+    for _ in range(args.rounds):
+        for label, step in envs.items():
+            results[label].append(_timed(step, actions))
+    for close in closers:
+        close()
+
+    print(
+        f"game={game.name} num_envs={n} steps/round={args.steps} rounds={args.rounds} "
+        f"native threads={threads} cores={len(os.sched_getaffinity(0))}"
+    )
+    print(
+        f"python {platform.python_version()}, ale-py {ale_py.__version__}, "
+        f"gymnasium {gymnasium.__version__}, numpy {np.__version__}"
+    )
+    median = {label: statistics.median(v) for label, v in results.items()}
+    for label, v in results.items():
+        rounds = ", ".join(f"{x:.0f}" for x in v)
+        print(f"{label:<48} {median[label]:8.0f} env steps/s  (rounds: {rounds})")
+    native = median["native (blip-rl, ale-py C++ vector env)"]
+    sync = median["gymnasium SyncVectorEnv + AtariPreprocessing"]
+    best_gym = max(sync, median["gymnasium AsyncVectorEnv + AtariPreprocessing"])
+    print(f"ratio native / gymnasium sync : {native / sync:.2f}x")
+    print(f"ratio native / best gymnasium : {native / best_gym:.2f}x (target >= 2x)")
+
+
+if __name__ == "__main__":
+    main()
