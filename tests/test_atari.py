@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -467,3 +468,42 @@ def test_evaluate_counts_a_fixed_quota_per_env() -> None:
             per_env[i].append(float(info["episode_return"][i]))
     env.close()
     assert scores == per_env[0][:2] + per_env[1][:1]
+
+
+@pytest.mark.slow
+def test_presets_work_from_a_wheel(tmp_path: Path) -> None:
+    """Build the wheel, unpack it, and read presets from it with the checkout out of the way."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # build from a copy: an in-tree build would write into the checkout
+    shutil.copytree(REPO / "blip_rl", src / "blip_rl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(tmp_path / "site")
+    site = str(tmp_path / "site")
+    code = (
+        "import blip_rl, blip_rl.atari as a; "
+        f"assert blip_rl.__file__.startswith({site!r}), blip_rl.__file__; "
+        "print([g.name for g in a.resolve_games('@demo')], a.reference_scores('pong'))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": site},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['pong', 'breakout'] (-20.7, 14.6)"
