@@ -52,6 +52,7 @@ def main() -> None:
 
     configs = {
         "native (blip-rl, ale-py C++ vector env)": AtariConfig(backend="native"),
+        "native, 1 thread (per-core efficiency)": AtariConfig(backend="native", num_threads=1),
         "gymnasium SyncVectorEnv + AtariPreprocessing": AtariConfig(
             backend="gymnasium", gym_vectorization="sync"
         ),
@@ -97,10 +98,12 @@ def main() -> None:
     median = {label: statistics.median(v) for label, v in results.items()}
     for label, v in results.items():
         rounds = ", ".join(f"{x:.0f}" for x in v)
-        print(f"{label:<48} {median[label]:8.0f} env steps/s  (rounds: {rounds})")
+        print(f"{label:<46} {median[label]:8.0f} env steps/s  (rounds: {rounds})")
     native = median["native (blip-rl, ale-py C++ vector env)"]
     sync = median["gymnasium SyncVectorEnv + AtariPreprocessing"]
     best_gym = max(sync, median["gymnasium AsyncVectorEnv + AtariPreprocessing"])
+    one = median["native, 1 thread (per-core efficiency)"]
+    print(f"ratio native 1 thread / gymnasium sync (both one core): {one / sync:.2f}x")
     print(f"ratio native / gymnasium sync : {native / sync:.2f}x")
     print(f"ratio native / best gymnasium : {native / best_gym:.2f}x (target >= 2x)")
 

@@ -771,7 +771,10 @@ class AtariVecEnv(VectorEnv):
     * ``episode_length`` (int64): agent steps of those episodes (zero elsewhere);
     * ``life_lost`` (bool): a life was lost in this step and the game goes on;
     * ``lives`` (int64): lives left (after an automatic reset: of the new game);
-    * the backend's own keys (e.g. ``episode_frame_number``; ``final_obs`` on autoreset).
+    * ``final_obs`` (uint8 ``(n, 4, 84, 84)``) and its mask ``_final_obs``, only in steps where
+      an episode ended: the last observation of each ended episode (``obs`` already holds the
+      first observation of the next one), e.g. to bootstrap values of truncated episodes;
+    * the backend's own keys (e.g. ``episode_frame_number``).
 
     Attributes:
         game: the game played.
@@ -870,6 +873,9 @@ class AtariVecEnv(VectorEnv):
         life_lost = (lives < self._lives) & ~done
         self._lives = lives
         out = self._extend_info(info, life_lost)
+        if "final_obs" in info:
+            out["final_obs"] = self._final_obs(info, obs, done)
+            out["_final_obs"] = done
         out["episode_return"] = np.where(done, self._returns, 0.0)
         out["_episode_return"] = done
         out["episode_length"] = np.where(done, self._lengths, 0)
@@ -879,6 +885,21 @@ class AtariVecEnv(VectorEnv):
             terminated = terminated | life_lost
         reward = np.sign(raw) if self._clip else raw
         return obs, reward.astype(np.float32), terminated, truncated, out
+
+    @staticmethod
+    def _final_obs(info: Mapping[str, Any], obs: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """Last observations of the ended episodes as one uint8 batch (rows valid where done).
+
+        The native backend gives this batch already; gymnasium gives an object array.
+        """
+        final = info["final_obs"]
+        if final.dtype != object:
+            return np.asarray(final)
+        batch = obs.copy()
+        mask = np.asarray(info.get("_final_obs", done), dtype=bool)
+        if mask.any():
+            batch[mask] = np.stack(list(final[mask]))
+        return batch
 
     def _lives_from(self, info: Mapping[str, Any], previous: np.ndarray) -> np.ndarray:
         lives = info.get("lives")

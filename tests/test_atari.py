@@ -414,7 +414,7 @@ def test_truncation_and_true_score_in_training(backend: str) -> None:
         clipped = np.zeros(2)
         rng = np.random.default_rng(0)
         for step in range(1, 400):  # noqa: B007 (step is read after the loop)
-            _, reward, terminated, truncated, info = env.step(rng.integers(0, 6, 2))
+            obs, reward, terminated, truncated, info = env.step(rng.integers(0, 6, 2))
             clipped += reward
             if truncated.any():
                 break
@@ -424,7 +424,10 @@ def test_truncation_and_true_score_in_training(backend: str) -> None:
         true_score = info["episode_return"]
         assert (true_score > clipped).all(), "space invaders rewards are 5 to 30 points"
         assert (true_score % 5 == 0).all()
-        assert "final_obs" in info
+        final = info["final_obs"]
+        assert final.shape == (2, *OBS_SHAPE) and final.dtype == np.uint8
+        assert info["_final_obs"].all() and final[:, -1].any()
+        assert not np.array_equal(final, obs), "obs already starts the next episode"
     finally:
         env.close()
 
