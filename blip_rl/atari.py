@@ -727,6 +727,7 @@ def _make_gym_single(rom: str, config: AtariConfig) -> gym.Env:
     from ale_py.env import AtariEnv
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
 
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner per subprocess
     env: gym.Env = AtariEnv(
         game=rom,
         obs_type="grayscale",
@@ -916,8 +917,8 @@ class AtariVecEnv(VectorEnv):
         out.setdefault("episode_length", np.zeros(self.num_envs, dtype=np.int64))
         return out
 
-    def close(self, **kwargs: Any) -> None:
-        """Close the backend (threads or subprocesses)."""
+    def close_extras(self, **kwargs: Any) -> None:
+        """Close the backend (threads or subprocesses); ``close()`` calls this once."""
         self.env.close()
 
     def __repr__(self) -> str:
