@@ -510,3 +510,17 @@ def test_presets_work_from_a_wheel(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['pong', 'breakout'] (-20.7, 14.6)"
+
+
+def test_gymnasium_async_matches_sync() -> None:
+    def rollout(vectorization: str) -> np.ndarray:
+        config = AtariConfig(backend="gymnasium", gym_vectorization=vectorization)  # type: ignore[arg-type]
+        env = make_train_envs("breakout", 2, seed=21, config=config)
+        try:
+            frames = [env.reset()[0]]
+            frames += [env.step(np.array([1, 2]))[0] for _ in range(10)]
+            return np.stack(frames)
+        finally:
+            env.close()
+
+    assert np.array_equal(rollout("sync"), rollout("async"))
