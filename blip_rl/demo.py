@@ -103,7 +103,9 @@ def run_two_tasks(use_blip: bool, seed: int = 0, epochs: int = 60) -> TwoTaskRes
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m blip_rl.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m blip_rl.demo", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print("Two supervised tasks, shared BLIP trunk, one head per task; train A, then B.\n")

@@ -46,19 +46,24 @@ def estimate_fisher(
     *,
     chunk_size: int = 256,
     method: Literal["auto", "layerwise", "vmap"] = "auto",
+    term_weights: Sequence[float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean squared per-sample gradient of ``log_likelihood`` for every BLIP parameter.
 
     Args:
-        model: a model with BLIP layers (:class:`~blip_rl.BlipLinear`, :class:`~blip_rl.BlipConv2d`).
+        model: a model with BLIP layers (``BlipLinear``, ``BlipConv2d``).
         log_likelihood: ``log_likelihood(model, *batch) -> Tensor[batch]``, the log-likelihood of
             each sample; entry ``i`` must depend on sample ``i`` only (no batch statistics). For a
             Fisher under the model's own distribution, sample the targets from the model first
-            (e.g. actions from the policy) and pass them in ``inputs``.
+            (e.g. actions from the policy) and pass them in ``inputs``. It may also return
+            ``Tensor[batch, K]``: K log-likelihood terms from one forward pass (say a policy and
+            a value term); the result is then ``sum_k w_k * mean(g_k ** 2)``, a sum of squared
+            per-sample gradients term by term, not the square of their sum.
         inputs: a tensor or a sequence of tensors batched along dim 0 (states, sampled actions...).
         chunk_size: samples per pass; bounds memory.
         method: "layerwise" (fast, exact for layers used once per forward), "vmap" (torch.func,
             general) or "auto".
+        term_weights: the weights ``w_k`` of the K terms (default all 1).
 
     Returns:
         ``{name: tensor}`` keyed as in ``model.named_parameters()``, float32, one per BLIP
@@ -68,6 +73,8 @@ def estimate_fisher(
         raise ValueError(f"chunk_size={chunk_size!r} is not accepted: use an integer >= 1")
     if method not in ("auto", "layerwise", "vmap"):
         raise ValueError(f"method={method!r} is not accepted: use 'auto', 'layerwise' or 'vmap'")
+    if term_weights is not None and any(not w >= 0 for w in term_weights):
+        raise ValueError(f"term_weights={list(term_weights)!r} is not accepted: use weights >= 0")
     tensors = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     if not tensors or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
         raise ValueError("estimate_fisher(): inputs must be tensors with one common batch size")
@@ -80,16 +87,29 @@ def estimate_fisher(
 
     if method in ("auto", "layerwise"):
         try:
-            return _layerwise(model, log_likelihood, tensors, chunk_size, total)
+            return _layerwise(model, log_likelihood, tensors, chunk_size, total, term_weights)
         except _Unsupported:
             if method == "layerwise":
                 raise
-    return _vmap(model, log_likelihood, tensors, chunk_size, total, names)
+    return _vmap(model, log_likelihood, tensors, chunk_size, total, names, term_weights)
 
 
 def _chunks(tensors: tuple[torch.Tensor, ...], size: int, total: int) -> Any:
     for start in range(0, total, size):
         yield tuple(t[start : start + size] for t in tensors)
+
+
+def _terms(loglik: torch.Tensor, batch: int, weights: Sequence[float] | None) -> torch.Tensor:
+    """Check the log-likelihood's shape; returns it as (batch, K)."""
+    if loglik.dim() not in (1, 2) or loglik.shape[0] != batch:
+        raise ValueError(
+            "log_likelihood must return one value (or one row of K terms) per sample, "
+            f"got shape {tuple(loglik.shape)} for {batch} samples"
+        )
+    ll = loglik if loglik.dim() == 2 else loglik[:, None]
+    if weights is not None and len(weights) != ll.shape[1]:
+        raise ValueError(f"term_weights has {len(weights)} entries for {ll.shape[1]} terms")
+    return ll
 
 
 def _vmap(
@@ -99,25 +119,35 @@ def _vmap(
     chunk_size: int,
     total: int,
     names: list[str],
+    term_weights: Sequence[float] | None,
 ) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     blip = {n: params[n].detach() for n in names}
     rest = {n: p.detach() for n, p in params.items() if n not in blip}
     rest.update(dict(model.named_buffers()))
-
     wrapper = _Call(model, log_likelihood)
+    first = tuple(t[:1] for t in tensors)
+    with torch.no_grad():
+        n_terms = _terms(log_likelihood(model, *first), 1, term_weights).shape[1]
+    weights = list(term_weights) if term_weights is not None else [1.0] * n_terms
 
-    def one(theta: dict[str, torch.Tensor], *sample: torch.Tensor) -> torch.Tensor:
+    def one(theta: dict[str, torch.Tensor], k: int, *sample: torch.Tensor) -> torch.Tensor:
         batch = tuple(s.unsqueeze(0) for s in sample)
-        state = {f"model.{k}": v for k, v in {**rest, **theta}.items()}
-        return functional_call(wrapper, state, batch).sum()
+        state = {f"model.{key}": v for key, v in {**rest, **theta}.items()}
+        out = functional_call(wrapper, state, batch)
+        return (out if out.dim() == 2 else out[:, None])[:, k].sum()
 
-    per_sample = vmap(grad(one), in_dims=(None, *([0] * len(tensors))), randomness="different")
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in blip.items()}
-    for chunk in _chunks(tensors, chunk_size, total):
-        grads = per_sample(blip, *chunk)
-        for n in names:
-            acc[n] += grads[n].float().pow(2).sum(0)
+    for k, w in enumerate(weights):
+        per_sample = vmap(
+            grad(lambda th, *s, k=k: one(th, k, *s)),
+            in_dims=(None, *([0] * len(tensors))),
+            randomness="different",
+        )
+        for chunk in _chunks(tensors, chunk_size, total):
+            grads = per_sample(blip, *chunk)
+            for n in names:
+                acc[n] += w * grads[n].float().pow(2).sum(0)
     return {n: a / total for n, a in acc.items()}
 
 
@@ -139,6 +169,7 @@ def _layerwise(
     tensors: tuple[torch.Tensor, ...],
     chunk_size: int,
     total: int,
+    term_weights: Sequence[float] | None,
 ) -> dict[str, torch.Tensor]:
     layers = list(blip_layers(model))
     for name, layer in layers:
@@ -167,30 +198,27 @@ def _layerwise(
         for chunk in _chunks(tensors, chunk_size, total):
             captured.clear()
             with torch.enable_grad():
-                loglik = log_likelihood(model, *chunk)
-                if loglik.dim() != 1 or loglik.shape[0] != chunk[0].shape[0]:
-                    raise ValueError(
-                        "log_likelihood must return one value per sample, "
-                        f"got shape {tuple(loglik.shape)} for {chunk[0].shape[0]} samples"
-                    )
+                ll = _terms(log_likelihood(model, *chunk), chunk[0].shape[0], term_weights)
                 used = [(n, layer) for n, layer in layers if n in captured]
                 for n, _ in used:
                     if len(captured[n]) != 1:
                         raise _Unsupported(f"{n} ran {len(captured[n])} times in one forward")
                 outs = [captured[n][0][1] for n, _ in used]
-                needs = [o.requires_grad for o in outs]
-                grads = torch.autograd.grad(
-                    loglik.sum(),
-                    [o for o, r in zip(outs, needs, strict=True) if r],
-                    allow_unused=True,
-                )
-            it = iter(grads)
-            for (n, layer), r in zip(used, needs, strict=True):
-                g = next(it) if r else None
-                if g is None:
-                    continue
-                x = captured[n][0][0]
-                _accumulate(layer, x.float(), g.float(), acc, f"{n}." if n else "")
+                live = [i for i, o in enumerate(outs) if o.requires_grad]
+                weights = term_weights or [1.0] * ll.shape[1]
+                for k, w in enumerate(weights):
+                    grads = torch.autograd.grad(
+                        ll[:, k].sum(),
+                        [outs[i] for i in live],
+                        retain_graph=k < len(weights) - 1,
+                        allow_unused=True,
+                    )
+                    for i, g in zip(live, grads, strict=True):
+                        if g is None:
+                            continue
+                        n, layer = used[i]
+                        x = captured[n][0][0]
+                        _accumulate(layer, x.float(), g.float(), acc, f"{n}." if n else "", w)
     finally:
         for h in handles:
             h.remove()
@@ -199,8 +227,15 @@ def _layerwise(
 
 
 def _accumulate(
-    layer: Any, x: torch.Tensor, g: torch.Tensor, acc: dict[str, torch.Tensor], prefix: str
+    layer: Any,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    acc: dict[str, torch.Tensor],
+    prefix: str,
+    w: float = 1.0,
 ) -> None:
+    if w != 1.0:
+        g = g * w**0.5
     if isinstance(layer, BlipLinear):
         if x.dim() == 2:
             acc[prefix + "weight"] += (g * g).t() @ (x * x)

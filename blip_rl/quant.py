@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -123,26 +123,35 @@ def _float32_edges(
         hi_code = ((pre + 1) << (n - b)) - 1
         scale = top / float(2**n)
 
-        def lo_ok(k: torch.Tensor) -> torch.Tensor:
+        def lo_ok(k: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             f = _unkey(k)
-            return (code_of(f, bound, n) >= lo_code) & (f.to(torch.float64) >= -bound)
+            return (code_of(f, bound, n) >= c) & (f.to(torch.float64) >= -bound)
 
-        def hi_bad(k: torch.Tensor) -> torch.Tensor:
+        def hi_bad(k: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             f = _unkey(k)
-            return (code_of(f, bound, n) > hi_code) | (f.to(torch.float64) >= bound)
+            return (code_of(f, bound, n) > c) | (f.to(torch.float64) >= bound)
 
-        wide_a = torch.full_like(lo_code, int(_key(torch.tensor([-top], dtype=torch.float32))[0]))
-        wide_b = torch.full_like(lo_code, int(_key(torch.tensor([top], dtype=torch.float32))[0]))
-        guess = _key((lo_code.to(torch.float64) * scale - bound).to(torch.float32))
-        a, z = guess - 4, guess + 4
-        ok = ~lo_ok(a) & lo_ok(z)
-        a, z = torch.where(ok, a, wide_a), torch.where(ok, z, wide_b)
-        lo_key[sel] = _smallest_true(lo_ok, a, z)
-        guess = _key(((hi_code + 1).to(torch.float64) * scale - bound).to(torch.float32))
-        a, z = guess - 4, guess + 4
-        ok = ~hi_bad(a) & hi_bad(z)
-        a, z = torch.where(ok, a, wide_a), torch.where(ok, z, wide_b)
-        hi_key[sel] = _smallest_true(hi_bad, a, z) - 1
+        # Edges at w = 0 (code 2**(N-1)) are where float64 rounding of w + B moves the edge by
+        # many float32 steps; the exact float is the same for every scalar: find it once.
+        mid = torch.tensor([2 ** (n - 1)], dtype=torch.int64)
+        wide = _key(torch.tensor([-top, top], dtype=torch.float32))
+        zero_key = _smallest_true(lambda k: lo_ok(k, mid), wide[:1], wide[1:])
+
+        def search(pred: Any, c: torch.Tensor, edge_code: torch.Tensor) -> torch.Tensor:
+            guess = _key((edge_code.to(torch.float64) * scale - bound).to(torch.float32))
+            guess = torch.where(edge_code == 2 ** (n - 1), zero_key, guess)
+            a, z = guess - 4, guess + 4
+            ok = ~pred(a, c) & pred(z, c)
+            out = _smallest_true(lambda k: pred(k, c), a, torch.where(ok, z, a + 1))
+            if not bool(ok.all()):  # rare: search those scalars over the whole range
+                cb = c[~ok]
+                out[~ok] = _smallest_true(
+                    lambda k: pred(k, cb), wide[:1].expand_as(cb), wide[1:].expand_as(cb)
+                )
+            return out
+
+        lo_key[sel] = search(lo_ok, lo_code, lo_code)
+        hi_key[sel] = search(hi_bad, hi_code, hi_code + 1) - 1
     return _unkey(lo_key), _unkey(hi_key)
 
 
@@ -217,9 +226,13 @@ class BlipLayer:
         module = self._module()
         for p in self.quantized_names:
             param = getattr(module, p)
-            # NaN (from a diverged step) would pass through a clamp: it goes to 0 first.
-            torch.nan_to_num(param, nan=0.0, out=param)
-            torch.clamp(param, getattr(module, f"_{p}_lo"), getattr(module, f"_{p}_hi"), out=param)
+            lo, hi = getattr(module, f"_{p}_lo"), getattr(module, f"_{p}_hi")
+            torch.clamp(param, lo, hi, out=param)
+            # A NaN (from a diverged step) passes through a clamp. Clamped values sum to a finite
+            # number, so one read tells whether there is one; then it goes to 0 and is clamped.
+            if not bool(torch.isfinite(param.sum())):
+                torch.nan_to_num(param, nan=0.0, out=param)
+                torch.clamp(param, lo, hi, out=param)
 
     @torch.no_grad()
     def _freeze(self, fisher: Mapping[str, torch.Tensor], prefix_name: str) -> None:
@@ -319,7 +332,7 @@ class BlipConv2d(nn.Conv2d, BlipLayer):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         max_bits: int = 20,
         f_prior: float = 5e-18,
         device: Any = None,

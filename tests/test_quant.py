@@ -124,7 +124,7 @@ def test_bit_growth_matches_hand_computation():
     layer = BlipLinear(4, 2, max_bits=20)
     w_old = layer.weight_fisher.double()  # the stored (bfloat16) prior
     b_old = layer.bias_fisher.double()
-    # First freeze (t = 0): Fbar_new = (Fbar_old + F) / 2, gain = ceil(0.5 * log2(Fbar_new/Fbar_old)).
+    # First freeze (t = 0): Fbar_new = (Fbar_old + F) / 2, gain = ceil(0.5 log2(new / old)).
     ratio = torch.tensor([[1.0, 4.0, 16.0, 1.5], [4**5 * 1.0, 4**3 * 1.2, 0.75, 2.0**40]])
     expected = torch.tensor([[0, 1, 2, 1], [5, 4, 0, 20]])  # 2**40 -> 20 gained, capped at N
     fw = (2 * ratio * w_old - w_old).float()
@@ -151,9 +151,7 @@ def test_prefix_is_top_bits_of_code_at_freeze():
     freeze(layer, {"weight": f, "bias": torch.zeros(8)})
     bits = layer.weight_bits.long()
     code = code_of(w_before, layer.weight_bound, 20)
-    assert torch.equal(
-        torch.where(bits > 0, code >> (20 - bits), 0), layer.weight_prefix.long()
-    )
+    assert torch.equal(torch.where(bits > 0, code >> (20 - bits), 0), layer.weight_prefix.long())
     # A freeze does not move the weights (they already lie in their new bins).
     assert torch.equal(layer.weight.detach(), w_before)
 
