@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     ft, bl = rows["fine-tune"], rows["BLIP"]
     print(
-        f"\nForgetting of A (loss increase): fine-tune {ft.forgetting:+.3f}, BLIP {bl.forgetting:+.3f}"
+        "\nForgetting of A (loss increase): "
+        f"fine-tune {ft.forgetting:+.3f}, BLIP {bl.forgetting:+.3f}"
     )
     return 0
 
