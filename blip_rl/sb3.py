@@ -24,6 +24,8 @@ What this module provides:
   states collected with the current policy), then bit growth (see ``shared/docs/blip-method.md``).
 * :class:`BlipFreezeCallback`: freezes at the end of ``learn()`` and logs BLIP statistics
   (``blip/<layer>/frozen_bits``, ``blip/<layer>/frac_frozen``) to SB3's logger.
+* :func:`make_sb3_atari_env`: an SB3 Atari ``VecEnv`` (SB3's ``AtariWrapper`` + frame stack) for
+  any game name :func:`blip_rl.atari.resolve_game` accepts, full 18-action set by default.
 * :class:`TagSchemeLogger`: an SB3 logger that writes SB3's own keys in the project's TensorBoard
   tag scheme (``train/<game>/episode_return``, ``loss/<name>``, ``perf/steps_per_s``).
 
@@ -49,7 +51,7 @@ from stable_baselines3.common.logger import KVWriter, Logger, make_output_format
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtractor
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -72,6 +74,7 @@ __all__ = [
     "blip_layer_stats",
     "estimate_policy_fisher",
     "freeze",
+    "make_sb3_atari_env",
     "record_blip_stats",
     "rollout_states",
 ]
@@ -749,3 +752,79 @@ class TagSchemeLogger(Logger):
         self, key: str, value: float | None, exclude: str | tuple[str, ...] | None = None
     ) -> None:
         super().record_mean(self._tag(key), value, exclude)
+
+
+# --------------------------------------------------------------------------------------------
+# Atari envs for SB3
+# --------------------------------------------------------------------------------------------
+
+
+def make_sb3_atari_env(
+    game: str,
+    n_envs: int = 8,
+    *,
+    seed: int | None = None,
+    full_action_space: bool = True,
+    sticky_actions: float = 0.25,
+    max_episode_frames: int = 108_000,
+    frame_stack: int = 4,
+    evaluation: bool = False,
+    vec_env_cls: type[DummyVecEnv] | type[SubprocVecEnv] | None = None,
+) -> VecEnv:
+    """An SB3 Atari ``VecEnv``: ``ALE/<Game>-v5`` with the emulator's own frame skip off,
+    SB3's ``AtariWrapper`` (no-op starts, frame skip 4 with max-pooling, FIRE on reset, 84x84
+    grey frames, and for training life loss as episode end and sign-clipped rewards) and a
+    ``VecFrameStack``. SB3 transposes the frames to channel-first itself.
+
+    Args:
+        game: any spelling :func:`blip_rl.atari.resolve_game` accepts (``pong``,
+            ``SpaceInvaders``, ``ALE/Breakout-v5``...).
+        n_envs: parallel envs (``DummyVecEnv`` unless ``vec_env_cls`` says otherwise).
+        seed: seed of the first env (the others get ``seed + i``).
+        full_action_space: all 18 actions, so that every game has the same action space and one
+            model can move between games with ``set_env`` (default True).
+        sticky_actions: ALE ``repeat_action_probability`` (0.25 = ALE v5; the paper used 0).
+        max_episode_frames: emulator frames before an episode is truncated (108000 = 30 min).
+        frame_stack: frames stacked per observation.
+        evaluation: whole games and raw rewards (no life-loss episode ends, no reward clipping).
+        vec_env_cls: e.g. ``SubprocVecEnv`` to run the envs in processes.
+
+    Raises:
+        UsageError: unknown game or a bad number.
+    """
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+
+    from blip_rl.atari import resolve_game
+
+    for name, value, low in (
+        ("n_envs", n_envs, 1),
+        ("max_episode_frames", max_episode_frames, 1),
+        ("frame_stack", frame_stack, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UsageError(f"{name}={value!r} is not accepted: use an integer >= {low}")
+    if not 0.0 <= float(sticky_actions) <= 1.0:
+        raise UsageError(
+            f"sticky_actions={sticky_actions!r} is not accepted: use a probability in [0, 1]"
+        )
+    spec = resolve_game(game)
+    gym.register_envs(ale_py)
+    env = make_atari_env(
+        spec.gym_id,
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs={
+            "full_action_space": full_action_space,
+            "frameskip": 1,
+            "repeat_action_probability": float(sticky_actions),
+            "max_num_frames_per_episode": max_episode_frames,
+        },
+        wrapper_kwargs={
+            "terminal_on_life_loss": not evaluation,
+            "clip_reward": not evaluation,
+        },
+        vec_env_cls=vec_env_cls,
+    )
+    return VecFrameStack(env, n_stack=frame_stack)
