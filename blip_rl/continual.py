@@ -1,0 +1,542 @@
+"""The loop over games: train, protect, evaluate every game, log, checkpoint, resume.
+
+For each game of the sequence, in order:
+
+1. a fresh PPO learner (new Adam state: optimizer moments from the previous game would push
+   the new game's first updates in the old game's directions; every game starts at the full
+   learning rate and anneals to 0 within its own budget) on the game's training envs, with the
+   method's ``before_game`` hook (BLIP attaches its constraint to the optimizer here);
+2. ``steps_per_game`` env steps of PPO; every ``eval_every`` global steps every game of the
+   sequence, seen or not, is evaluated; every ``checkpoint_every`` steps a checkpoint is written;
+3. the method's ``after_game`` (BLIP: Fisher from the game's last ``fisher_states`` training
+   states, then bit freezing);
+4. evaluation of every game: row ``i`` of the matrix ``R[i][j]``; forgetting is logged;
+5. a checkpoint.
+
+Run folder ``runs/<name>/``: ``config.json``, TensorBoard event files, ``checkpoints/latest.pt``
+(rewritten atomically) and ``checkpoints/after-game-<k>.pt``, ``evals.csv`` and ``matrix.csv``,
+``metrics.json`` (updated after each game) and ``summary.json`` (at the end). Every file is
+written to a temporary name and renamed, so a kill at any moment leaves the previous version.
+
+Resume (``--resume``): the last checkpoint restores the network with its BLIP state, the
+optimizer and learning-rate schedule, the method's state, the RNG states, the evaluation history
+and the position (game, env steps). Training continues at that step with freshly reset envs
+(emulator states are not saved); steps after the checkpoint are lost and done again, and
+TensorBoard drops the killed run's events from that step on (``purge_step``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from blip_rl import atari, metrics
+from blip_rl.errors import UsageError
+from blip_rl.methods import METHODS, ContinualMethod, GameContext
+from blip_rl.nets import ActorCritic
+from blip_rl.ppo import PPO
+from blip_rl.tblog import TBLogger
+
+__all__ = ["CHECKPOINT_FORMAT", "ContinualRun", "atomic_write", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "blip-rl-checkpoint-1"
+FULL_ACTION_SET = 18
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint; UsageError (one line) when it is missing, corrupt or not ours."""
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's corrupt file
+        raise UsageError(f"corrupt checkpoint {path}: {type(exc).__name__}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a blip-rl checkpoint")
+    for key in ("progress", "net", "method", "rng", "evals", "matrix"):
+        if key not in ckpt:
+            raise UsageError(f"corrupt checkpoint {path}: no {key!r} entry")
+    return ckpt
+
+
+@dataclass
+class _Progress:
+    game_index: int = 0
+    """Game being trained (or the next one when ``game_done``)."""
+    step_in_game: int = 0
+    global_step: int = 0
+    game_done: bool = False
+    """The game at ``game_index`` is finished (frozen, evaluated)."""
+    next_eval: int = 0
+    next_checkpoint: int = 0
+    wall_time: float = 0.0
+    """Seconds spent in this run so far, over all sessions."""
+    resumes: int = 0
+
+
+@dataclass
+class _History:
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    matrix: list[list[float]] = field(default_factory=list)
+    after_game: list[dict[str, float]] = field(default_factory=list)
+
+
+class _StateBuffer:
+    """The last ``capacity`` training states of the current game (uint8, for Fisher)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.chunks: list[torch.Tensor] = []
+        self.size = 0
+
+    def add(self, obs: torch.Tensor) -> None:
+        flat = obs.reshape(-1, *obs.shape[2:]).clone()
+        self.chunks.append(flat)
+        self.size += len(flat)
+        while self.chunks and self.size - len(self.chunks[0]) >= self.capacity:
+            self.size -= len(self.chunks.pop(0))
+
+    def last(self, n: int) -> torch.Tensor:
+        if not self.chunks:
+            return torch.empty(0, dtype=torch.uint8)
+        return torch.cat(self.chunks)[-n:]
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.size = 0
+
+
+class ContinualRun:
+    """One run: a game sequence, an agent, a run folder.
+
+    Args:
+        run_dir: the run folder (created by the caller for a new run; holds config.json).
+        config: the resolved run config (:class:`blip_rl.config.RunConfig`).
+        resume: continue from the folder's last checkpoint.
+        progress: show tqdm bars.
+    """
+
+    def __init__(self, run_dir: Path, config: Any, resume: bool = False, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.cfg = config
+        self.show_progress = progress
+        self.games = [atari.resolve_game(g) for g in config.games]
+        self.atari_config = atari.AtariConfig(**config.atari)
+        self.ppo_config = config.ppo_config()
+        self.device = torch.device(config.device)
+        # Heads: one per distinct game (a game that returns uses its head again) or one shared.
+        if config.shared_head:
+            self.head_of = [0] * len(self.games)
+            counts = [FULL_ACTION_SET]
+        else:
+            order: list[str] = []
+            for g in self.games:
+                if g.name not in order:
+                    order.append(g.name)
+            self.head_of = [order.index(g.name) for g in self.games]
+            by_name = {g.name: g for g in self.games}
+            counts = [
+                FULL_ACTION_SET
+                if self.atari_config.full_action_space
+                else by_name[n].minimal_actions
+                for n in order
+            ]
+        self.eval_names = list(dict.fromkeys(g.name for g in self.games))
+        self.progress = _Progress()
+        self.history = _History()
+        checkpoint = load_checkpoint(self.ckpt_dir / "latest.pt") if resume else None
+        _seed_everything(config.seed)
+        self.net = ActorCritic(counts, config.net_config()).to(self.device)
+        method_cls = METHODS[config.method]
+        self.method: ContinualMethod = method_cls(config.method_config_object())
+        self.method.setup(self.net)
+        self.ppo_state: dict[str, Any] | None = None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    # ------------------------------------------------------------------------------ state
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        try:
+            self.net.load_state_dict(ckpt["net"])
+            self.method.load_state_dict(ckpt["method"])
+            self.progress = _Progress(**ckpt["progress"])
+            self.history = _History(
+                evals=list(ckpt["evals"]),
+                matrix=[list(r) for r in ckpt["matrix"]],
+                after_game=list(ckpt.get("after_game", [])),
+            )
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            np.random.set_state(ckpt["rng"]["numpy"])
+            random.setstate(ckpt["rng"]["python"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise UsageError(f"corrupt checkpoint in {self.ckpt_dir}: {first}") from None
+        self.ppo_state = ckpt.get("ppo")
+        self.progress.resumes += 1
+
+    def _checkpoint(self, ppo: PPO | None, name: str | None = None) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_json(),
+            "progress": asdict(self.progress),
+            "net": self.net.state_dict(),
+            "ppo": ppo.state_dict() if ppo is not None and not self.progress.game_done else None,
+            "method": self.method.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "evals": self.history.evals,
+            "matrix": self.history.matrix,
+            "after_game": self.history.after_game,
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        atomic_write(self.ckpt_dir / "latest.pt", data)
+        if name is not None:
+            atomic_write(self.ckpt_dir / name, data)
+
+    # ------------------------------------------------------------------------------ evaluation
+    def _policy_fn(self, head: int) -> Callable[[np.ndarray], np.ndarray]:
+        net = self.net
+        use_bf16 = self.ppo_config.precision == "bf16"
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            with (
+                torch.inference_mode(),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16),
+            ):
+                x = torch.as_tensor(obs, device=self.device)
+                action = net.get_action_and_value(x, head)[0]
+            return action.cpu().numpy()
+
+        return act
+
+    def _evaluate_all(self, log: TBLogger, after_game: int | None) -> list[float]:
+        """Evaluate every distinct game; log the returns at the global step."""
+        step = self.progress.global_step
+        round_index = len({e["global_step"] for e in self.history.evals})
+        results: dict[str, float] = {}
+        for j, name in enumerate(self.eval_names):
+            k = [g.name for g in self.games].index(name)
+            seed = self.cfg.seed * 7919 + 1000 * round_index + j + 10_000
+            scores = atari.evaluate(
+                self._policy_fn(self.head_of[k]),
+                self.games[k],
+                self.cfg.eval_episodes,
+                seed=seed,
+                config=self.atari_config,
+                num_envs=min(self.cfg.eval_episodes, 8),
+            )
+            mean = float(np.mean(scores))
+            norm = atari.human_normalized(self.games[k], mean)
+            results[name] = mean
+            log.eval_return(name, mean, norm, step)
+            self.history.evals.append(
+                {
+                    "global_step": step,
+                    "game_index": self.progress.game_index,
+                    "after_game": after_game,
+                    "game": name,
+                    "return": mean,
+                    "normalized": norm,
+                    "returns": scores,
+                }
+            )
+        self._write_evals_csv()
+        return [results[g.name] for g in self.games]
+
+    def _write_evals_csv(self) -> None:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["global_step", "game_index", "after_game", "game", "return", "normalized"])
+        for e in self.history.evals:
+            w.writerow(
+                [
+                    e["global_step"],
+                    e["game_index"],
+                    "" if e["after_game"] is None else e["after_game"],
+                    e["game"],
+                    f"{e['return']:.4f}",
+                    "" if e["normalized"] is None else f"{e['normalized']:.6f}",
+                ]
+            )
+        atomic_write(self.run_dir / "evals.csv", buf.getvalue().encode())
+
+    def _write_matrix(self) -> None:
+        names = [g.name for g in self.games]
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["after_game", *names])
+        for i, row in enumerate(self.history.matrix):
+            w.writerow([f"{i + 1}:{names[i]}", *(f"{v:.4f}" for v in row)])
+        atomic_write(self.run_dir / "matrix.csv", buf.getvalue().encode())
+        _atomic_json(self.run_dir / "metrics.json", self._metrics())
+
+    def _metrics(self) -> dict[str, Any]:
+        names = [g.name for g in self.games]
+        m = self.history.matrix
+        out: dict[str, Any] = {"games": names, "matrix": m}
+        if m:
+            norm = [
+                [_nan(atari.human_normalized(self.games[j], v)) for j, v in enumerate(row)]
+                for row in m
+            ]
+            per, avg = metrics.forgetting(m)
+            out.update(
+                average_final_return=metrics.average_final(m),
+                forgetting={names[j]: v for j, v in per.items()},
+                average_forgetting=avg,
+                backward_transfer=metrics.backward_transfer(m),
+                matrix_normalized=norm,
+                average_final_normalized=_nanmean(norm[-1]),
+            )
+        return out
+
+    # ------------------------------------------------------------------------------ the loop
+    def _fisher_states_fn(
+        self, buffer: _StateBuffer, game_index: int
+    ) -> Callable[[int], torch.Tensor]:
+        def get(n: int) -> torch.Tensor:
+            states = buffer.last(n)
+            if len(states) >= n:
+                return states
+            extra = self._policy_states(game_index, n - len(states))
+            return torch.cat([states, extra]) if len(states) else extra
+
+        return get
+
+    def _policy_states(self, game_index: int, n: int) -> torch.Tensor:
+        """``n`` training-env states visited by the current policy (no learning)."""
+        num = self.ppo_config.num_envs
+        envs = atari.make_train_envs(
+            self.games[game_index], num, self.cfg.seed + 50_000 + game_index, self.atari_config
+        )
+        act = self._policy_fn(self.head_of[game_index])
+        out = []
+        try:
+            obs, _ = envs.reset(seed=self.cfg.seed + 50_000 + game_index)
+            got = 0
+            while got < n:
+                out.append(torch.as_tensor(obs).clone())
+                got += len(obs)
+                obs, *_ = envs.step(act(obs))
+        finally:
+            envs.close()
+        return torch.cat(out)[:n]
+
+    def run(self) -> dict[str, Any]:
+        """Train the whole sequence (or its remainder after a resume); returns the summary."""
+        cfg, prog = self.cfg, self.progress
+        n = len(self.games)
+        log = TBLogger(str(self.run_dir), purge_step=prog.global_step if prog.resumes else None)
+        started = time.perf_counter()
+        wall0 = prog.wall_time
+        try:
+            if not prog.resumes:
+                log.hparams(_flat_hparams(cfg), ["summary/average_final_return"])
+                log.text("config", "```\n" + json.dumps(cfg.to_json(), indent=2) + "\n```")
+                prog.next_eval = cfg.eval_every if cfg.eval_every > 0 else -1
+                prog.next_checkpoint = cfg.checkpoint_every
+                self._checkpoint(None)
+            first = prog.game_index + (1 if prog.game_done else 0)
+            for k in range(first, n):
+                if prog.game_done:
+                    prog.game_index, prog.step_in_game, prog.game_done = k, 0, False
+                self._train_game(k, log, started, wall0)
+            summary = self._summary(time.perf_counter() - started + wall0)
+            log.scalars(
+                {f"summary/{k}": v for k, v in summary["scalars"].items()}, prog.global_step
+            )
+            _atomic_json(self.run_dir / "summary.json", summary)
+            return summary
+        finally:
+            log.close()
+
+    def _train_game(self, k: int, log: TBLogger, started: float, wall0: float) -> None:
+        cfg, prog = self.cfg, self.progress
+        game, head = self.games[k], self.head_of[k]
+        envs = atari.make_train_envs(game, self.ppo_config.num_envs, None, self.atari_config)
+        try:
+            ppo = PPO(
+                self.net,
+                envs,
+                self.ppo_config,
+                head=head,
+                total_steps=cfg.steps_per_game,
+                device=self.device,
+                extra_loss=self.method.extra_loss
+                if type(self.method).extra_loss is not ContinualMethod.extra_loss
+                else None,
+            )
+            if self.ppo_state is not None and prog.step_in_game > 0:
+                ppo.load_state_dict(self.ppo_state)
+            self.ppo_state = None
+            buffer = _StateBuffer(getattr(self.method.config, "fisher_states", 0))
+            ctx = GameContext(
+                net=self.net,
+                ppo=ppo,
+                game=game,
+                game_index=k,
+                head=head,
+                fisher_states=self._fisher_states_fn(buffer, k),
+            )
+            self.method.before_game(ctx)
+            ppo.reset_envs(seed=cfg.seed * 1000 + 100 * k + prog.resumes)
+            bar = tqdm(
+                total=cfg.steps_per_game,
+                initial=ppo.global_step,
+                desc=f"game {k + 1}/{len(self.games)} {game.name}",
+                unit="step",
+                disable=not self.show_progress,
+                dynamic_ncols=True,
+            )
+            last_return = math.nan
+            with bar:
+                while ppo.global_step < cfg.steps_per_game:
+                    t0 = time.perf_counter()
+                    episodes = ppo.collect()
+                    if buffer.capacity:
+                        buffer.add(ppo.storage.obs)
+                    losses = ppo.update()
+                    self.method.after_update(ctx)
+                    sps = self.ppo_config.batch_size / max(time.perf_counter() - t0, 1e-9)
+                    prog.global_step += self.ppo_config.batch_size
+                    prog.step_in_game = ppo.global_step
+                    step = prog.global_step
+                    for ep in episodes:
+                        log.writer.add_scalar(f"train/{game.name}/episode_return", ep.score, step)
+                        last_return = ep.score
+                    log.losses(losses, step)
+                    log.scalars({"perf/steps_per_s": sps}, step)
+                    bar.update(self.ppo_config.batch_size)
+                    bar.set_postfix(sps=f"{sps:.0f}", ret=f"{last_return:.1f}", refresh=False)
+                    if prog.next_eval > 0 and step >= prog.next_eval:
+                        while prog.next_eval <= step:
+                            prog.next_eval += cfg.eval_every
+                        self._evaluate_all(log, after_game=None)
+                    if (
+                        cfg.checkpoint_every > 0
+                        and step >= prog.next_checkpoint
+                        and ppo.global_step < cfg.steps_per_game
+                    ):
+                        while prog.next_checkpoint <= step:
+                            prog.next_checkpoint += cfg.checkpoint_every
+                        prog.wall_time = wall0 + time.perf_counter() - started
+                        self._checkpoint(ppo)
+            scalars = self.method.after_game(ctx)
+            self._log_method(log, scalars)
+            row = self._evaluate_all(log, after_game=k)
+            self.history.matrix.append(row)
+            self.history.after_game.append(scalars)
+            for j, f in metrics.forgetting_after(self.history.matrix, k).items():
+                log.writer.add_scalar(f"forgetting/{self.games[j].name}", f, prog.global_step)
+            log.matrix(self.history.matrix, [g.name for g in self.games], prog.global_step)
+            self._write_matrix()
+            prog.game_done = True
+            prog.wall_time = wall0 + time.perf_counter() - started
+            self._checkpoint(None, name=f"after-game-{k + 1}.pt")
+            log.flush()
+        finally:
+            envs.close()
+
+    def _log_method(self, log: TBLogger, scalars: dict[str, float]) -> None:
+        step = self.progress.global_step
+        log.scalars({f"method/{k}": v for k, v in scalars.items()}, step)
+        if self.method.needs_blip_layers:
+            log.blip(self.net, step, self.method.memory_bytes_per_param(self.net))
+
+    def _summary(self, wall: float) -> dict[str, Any]:
+        m = self._metrics()
+        scalars = {
+            k: m[k]
+            for k in (
+                "average_final_return",
+                "average_forgetting",
+                "backward_transfer",
+                "average_final_normalized",
+            )
+            if k in m and m[k] is not None and not math.isnan(m[k])
+        }
+        return {
+            "games": [g.name for g in self.games],
+            "agent": self.cfg.agent,
+            "method": self.cfg.method,
+            "seed": self.cfg.seed,
+            "steps_per_game": self.cfg.steps_per_game,
+            "global_steps": self.progress.global_step,
+            "wall_time_s": wall,
+            "resumes": self.progress.resumes,
+            "memory_bytes_per_param": self.method.memory_bytes_per_param(self.net),
+            "after_game": self.history.after_game,
+            "metrics": m,
+            "scalars": scalars,
+        }
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _nanmean(values: list[float]) -> float | None:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _flat_hparams(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.to_json().items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                out[f"{k}.{k2}"] = v2
+        elif isinstance(v, list):
+            out[k] = ",".join(map(str, v))
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,148 @@
+"""The interface every continual method implements, and the rollout Fisher they share.
+
+A method is a small plugin (as in Avalanche) that the continual loop calls at fixed points:
+
+* ``setup(net)`` once, when the network exists;
+* ``before_game(ctx)`` when a game starts (or resumes), after its PPO learner is built;
+* ``extra_loss()`` inside every PPO minibatch (a regulariser such as EWC's), or ``None``;
+* ``after_update(ctx)`` after every PPO update (e.g. re-apply masks);
+* ``after_game(ctx)`` when a game's budget is spent (estimate Fisher, freeze, prune...);
+* ``state_dict()`` / ``load_state_dict()`` for checkpoints (``--resume``).
+
+PPO knows nothing of methods: the loop hands it ``extra_loss`` and the method may attach
+optimizer hooks to ``ctx.ppo.optimizer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from blip_rl.fisher import estimate_fisher
+
+if TYPE_CHECKING:
+    from blip_rl.atari import GameSpec
+    from blip_rl.nets import ActorCritic
+    from blip_rl.ppo import PPO
+
+__all__ = ["ContinualMethod", "FinetuneConfig", "GameContext", "MethodConfig", "rollout_fisher"]
+
+
+@dataclass
+class MethodConfig:
+    """Hyper-parameters shared by methods that use Fisher information."""
+
+    fisher_states: int = 4096
+    """States from the end of each game's training used for its Fisher estimate (the last
+    rollouts; topped up with states from the current policy if the game had fewer)."""
+    value_fisher_coef: float = 1.0
+    """Weight of the value head's Fisher term (squared per-sample gradient of V(s), the Fisher
+    of a unit-variance Gaussian) added to the policy term (squared gradient of log pi(a|s))."""
+    fisher_chunk: int = 256
+    """States per pass of the Fisher estimate (bounds memory)."""
+
+
+@dataclass
+class GameContext:
+    """What a method sees of the game being learned."""
+
+    net: ActorCritic
+    ppo: PPO
+    game: GameSpec
+    game_index: int
+    """Position in the sequence (0-based)."""
+    head: int
+    """The net head this game trains."""
+    fisher_states: Callable[[int], torch.Tensor]
+    """``fisher_states(n)``: up to the last ``n`` training states of this game, uint8
+    ``(n, 4, 84, 84)``, topped up with states from the current policy when there are fewer."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Plain fine-tuning has no settings of its own."""
+
+
+class ContinualMethod:
+    """Base class: plain fine-tuning (every hook does nothing)."""
+
+    name: ClassVar[str] = "finetune"
+    config_class: ClassVar[type] = FinetuneConfig
+    needs_blip_layers: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.config_class()
+
+    def setup(self, net: ActorCritic) -> None:
+        """Called once with the network, before any game."""
+
+    def before_game(self, ctx: GameContext) -> None:
+        """A game starts or resumes; ``ctx.ppo`` is its fresh learner."""
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """A term added to every PPO minibatch loss, or None."""
+        return None
+
+    def after_update(self, ctx: GameContext) -> None:
+        """After every PPO update of the game."""
+
+    def after_game(self, ctx: GameContext) -> dict[str, float]:
+        """The game's training budget is spent. Returns scalars to log (name -> value)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (tensors allowed)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def memory_bytes_per_param(self, net: torch.nn.Module) -> float:
+        """Persistent memory this method keeps per network parameter (beyond the weights)."""
+        return 0.0
+
+
+def rollout_fisher(
+    net: ActorCritic,
+    head: int,
+    states: torch.Tensor,
+    value_coef: float = 1.0,
+    chunk_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of the BLIP parameters from game states.
+
+    For each state an action is sampled from the current policy of ``head``; the Fisher is the
+    mean over states of ``(d log pi(a|s))**2 + value_coef * (d V(s))**2`` (per-sample squared
+    gradients, term by term). Computed in float32, one forward per chunk.
+    """
+    net_was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            actions = torch.cat(
+                [
+                    torch.multinomial(
+                        torch.softmax(net(chunk, head)[0].float(), -1), 1, generator=generator
+                    ).squeeze(1)
+                    for chunk in states.split(chunk_size)
+                ]
+            )
+
+        def loglik(m: torch.nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+            logits, value = m(obs, head)
+            logp = torch.log_softmax(logits.float(), -1).gather(1, act[:, None]).squeeze(1)
+            return torch.stack([logp, value.float()], 1)
+
+        return estimate_fisher(
+            net,
+            loglik,
+            (states, actions),
+            chunk_size=chunk_size,
+            term_weights=[1.0, value_coef],
+        )
+    finally:
+        net.train(net_was_training)

@@ -1,0 +1,126 @@
+"""TensorBoard logging with the project's one tag scheme.
+
+Tags (global step = env steps summed over the whole sequence, so every game's curve overlays):
+
+    eval/<game>/return        eval/<game>/normalized      train/<game>/episode_return
+    forgetting/<game>         loss/<name>                 blip/<layer>/frozen_bits
+    blip/<layer>/frac_frozen  blip/memory_bytes_per_param perf/steps_per_s
+    matrix/eval_return (image and text)                   summary/<metric>
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from blip_rl.quant import blip_stats
+
+__all__ = ["TBLogger", "matrix_markdown", "matrix_png"]
+
+
+def matrix_markdown(matrix: Sequence[Sequence[float]], games: Sequence[str]) -> str:
+    """The evaluation matrix as a Markdown table (rows: after training game i)."""
+    head = "| after \\ on | " + " | ".join(games) + " |"
+    sep = "|---" * (len(games) + 1) + "|"
+    rows = []
+    for i, row in enumerate(matrix):
+        cells = " | ".join("" if math.isnan(v) else f"{v:.1f}" for v in row)
+        rows.append(f"| {i + 1}. {games[i]} | {cells} |")
+    return "\n".join([head, sep, *rows])
+
+
+def matrix_png(matrix: Sequence[Sequence[float]], games: Sequence[str], title: str) -> bytes:
+    """A heatmap of the evaluation matrix as PNG bytes (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(games), 1.0 + 0.9 * len(games)))
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis")
+    ax.set_xticks(range(len(games)), games, rotation=45, ha="right")
+    ax.set_yticks(range(m.shape[0]), [f"after {g}" for g in games[: m.shape[0]]])
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if not math.isnan(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+class TBLogger:
+    """A ``SummaryWriter`` in the run folder that knows the tag scheme.
+
+    ``purge_step``: on resume, events at or after this step from the killed run are discarded
+    by TensorBoard, so curves continue without duplicates.
+    """
+
+    def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for tag, value in values.items():
+            if value is not None and math.isfinite(float(value)):
+                self.writer.add_scalar(tag, float(value), step)
+
+    def eval_return(self, game: str, score: float, normalized: float | None, step: int) -> None:
+        self.writer.add_scalar(f"eval/{game}/return", score, step)
+        if normalized is not None:
+            self.writer.add_scalar(f"eval/{game}/normalized", normalized, step)
+
+    def losses(self, losses: Mapping[str, float], step: int) -> None:
+        self.scalars({f"loss/{k}": v for k, v in losses.items()}, step)
+
+    def blip(self, net: nn.Module, step: int, memory_bytes_per_param: float) -> None:
+        per_layer: dict[str, list[Any]] = {}
+        for s in blip_stats(net):
+            layer = s.name.rsplit(".", 1)[0]
+            per_layer.setdefault(layer, []).append(s)
+        for layer, stats in per_layer.items():
+            n = sum(s.numel for s in stats)
+            mean = sum(s.mean_bits * s.numel for s in stats) / n
+            frac = sum(s.frac_frozen * s.numel for s in stats) / n
+            self.writer.add_scalar(f"blip/{layer}/frozen_bits", mean, step)
+            self.writer.add_scalar(f"blip/{layer}/frac_frozen", frac, step)
+        self.writer.add_scalar("blip/memory_bytes_per_param", memory_bytes_per_param, step)
+
+    def matrix(self, matrix: Sequence[Sequence[float]], games: Sequence[str], step: int) -> None:
+        from PIL import Image
+
+        png = matrix_png(matrix, games, "eval return: row = after game, column = game")
+        img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        self.writer.add_image("matrix/eval_return", img, step, dataformats="HWC")
+        self.writer.add_text("matrix/eval_return", matrix_markdown(matrix, games), step)
+
+    def hparams(self, params: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        """Write the run's hyper-parameters into this run's own event file (the HParams tab)."""
+        clean = {
+            k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in params.items()
+        }
+        exp, ssi, sei = hparams(clean, {m: 0.0 for m in metrics})
+        fw = self.writer._get_file_writer()
+        fw.add_summary(exp)
+        fw.add_summary(ssi)
+        fw.add_summary(sei)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
