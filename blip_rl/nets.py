@@ -78,16 +78,29 @@ def _weight_bound(layer: nn.Module) -> float:
     return 6.0 / math.sqrt(n)
 
 
+def _float32_range(bound: float) -> tuple[float, float]:
+    """The smallest and largest float32 values in ``[-B, B)``: the range a BLIP layer with
+    nothing frozen keeps its weights in (exact in float64, as :func:`blip_rl.quant.code_of`)."""
+    inf = torch.tensor(float("inf"))
+    lo = torch.tensor(-bound, dtype=torch.float32)
+    while float(lo) < -bound:
+        lo = torch.nextafter(lo, inf)
+    hi = torch.tensor(bound, dtype=torch.float32)
+    while float(hi) >= bound:
+        hi = torch.nextafter(hi, -inf)
+    return float(lo), float(hi)
+
+
 @torch.no_grad()
 def _init_layer(layer: nn.Module, gain: float, generator: torch.Generator) -> None:
     assert isinstance(layer, nn.Conv2d | nn.Linear)
     nn.init.orthogonal_(layer.weight, gain=gain, generator=generator)
-    bound = _weight_bound(layer)
-    layer.weight.clamp_(-bound, bound)
+    lo, hi = _float32_range(_weight_bound(layer))
+    layer.weight.clamp_(lo, hi)
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
     if isinstance(layer, BlipLayer):
-        layer.constrain_()  # exactly inside [-B, B) in float32 (nothing is frozen yet)
+        layer.constrain_()  # a no-op here (nothing frozen), kept as the layer's own guarantee
 
 
 class ActorCritic(nn.Module):
