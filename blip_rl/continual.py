@@ -454,7 +454,8 @@ class ContinualRun:
                     if prog.next_eval > 0 and step >= prog.next_eval:
                         while prog.next_eval <= step:
                             prog.next_eval += cfg.eval_every
-                        self._evaluate_all(log, after_game=None)
+                        if ppo.global_step < cfg.steps_per_game:  # else the after-game eval
+                            self._evaluate_all(log, after_game=None)
                     if (
                         cfg.checkpoint_every > 0
                         and step >= prog.next_checkpoint

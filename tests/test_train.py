@@ -1,0 +1,199 @@
+"""The training CLI end to end on real ROMs with tiny budgets: run folder, TensorBoard, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from blip_rl.config import RunConfig
+from blip_rl.continual import ContinualRun, load_checkpoint
+from blip_rl.train import main
+
+TINY = [
+    "--games", "pong,breakout",
+    "--num-envs", "2",
+    "--num-steps", "32",
+    "--num-minibatches", "2",
+    "--update-epochs", "1",
+    "--eval-episodes", "1",
+    "--max-episode-frames", "160",
+    "--no-progress",
+]  # fmt: skip
+BLIP = ["--fisher-states", "96"]
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_two_games_end_to_end(tmp_path: Path) -> None:
+    argv = [*TINY, *BLIP, "--steps-per-game", "128", "--eval-every", "64"]
+    assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "r"]) == 0
+    run = tmp_path / "r"
+    for name in ("config.json", "summary.json", "metrics.json", "matrix.csv", "evals.csv"):
+        assert (run / name).is_file(), name
+    for name in ("latest.pt", "after-game-1.pt", "after-game-2.pt"):
+        assert (run / "checkpoints" / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["games"] == ["pong", "breakout"]
+    assert summary["global_steps"] == 256
+    assert len(summary["metrics"]["matrix"]) == 2
+    assert all(len(row) == 2 for row in summary["metrics"]["matrix"])
+    assert 0 < summary["memory_bytes_per_param"] <= 8
+
+    acc = events(run)
+    tags = set(acc.Tags()["scalars"])
+    # Every game is evaluated at every evaluation, seen or not, at the global step.
+    for game in ("pong", "breakout"):
+        steps = [e.step for e in acc.Scalars(f"eval/{game}/return")]
+        assert steps == [64, 128, 192, 256], (game, steps)
+        assert f"eval/{game}/normalized" in tags
+    assert [e.step for e in acc.Scalars("forgetting/pong")] == [256]
+    for tag in ("loss/policy", "loss/value", "loss/entropy", "perf/steps_per_s"):
+        assert tag in tags, tag
+    assert "blip/trunk.conv1/frozen_bits" in tags
+    bits = acc.Scalars("blip/trunk.conv1/frozen_bits")
+    assert [e.step for e in bits] == [128, 256] and bits[-1].value >= bits[0].value > 0
+    assert "matrix/eval_return" in acc.Tags()["images"]
+    # The matrix written to CSV is the one in the summary.
+    rows = (run / "matrix.csv").read_text().strip().splitlines()
+    assert rows[0] == "after_game,pong,breakout" and len(rows) == 3
+
+
+def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
+    argv = [*TINY, "--games", "breakout", "--agent", "finetune", "--steps-per-game", "64"]
+    assert main([*argv, "--eval-every", "0", "--runs-dir", str(tmp_path), "--run-name", "f"]) == 0
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["method"] == "finetune" and summary["memory_bytes_per_param"] == 0
+    assert "blip/trunk.conv1/frozen_bits" not in events(tmp_path / "f").Tags()["scalars"]
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_then_resume(tmp_path: Path) -> None:
+    run = tmp_path / "k"
+    argv = [
+        *TINY,
+        *BLIP,
+        "--steps-per-game",
+        "256",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "64",
+    ]
+    cmd = [sys.executable, "-m", "blip_rl.train", *argv, "--runs-dir", str(tmp_path)]
+    proc = subprocess.Popen([*cmd, "--run-name", "k"], stderr=subprocess.DEVNULL)
+    latest = run / "checkpoints" / "latest.pt"
+
+    def in_second_game() -> bool:
+        if not latest.is_file():
+            return False
+        try:
+            p = load_checkpoint(latest)["progress"]
+        except Exception:  # noqa: BLE001 - being replaced right now
+            return False
+        return p["game_index"] == 1 and p["step_in_game"] > 0
+
+    try:
+        assert _wait_for(in_second_game, 240), "no mid-game checkpoint in game 2"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (run / "summary.json").exists()
+    saved = load_checkpoint(latest)
+    # A resumed run has exactly the frozen bits (and all BLIP state) that were saved.
+    config = RunConfig.from_json(json.loads((run / "config.json").read_text()))
+    resumed = ContinualRun(run, config, resume=True, progress=False)
+    state = resumed.net.state_dict()
+    blip_keys = [k for k in saved["net"] if k.endswith(("_bits", "_prefix", "_fisher", "freezes"))]
+    assert blip_keys and all(torch.equal(state[k], saved["net"][k]) for k in blip_keys)
+    assert any(int(saved["net"][k].sum()) > 0 for k in blip_keys if k.endswith("_bits"))
+    step0 = saved["progress"]["global_step"]
+    assert resumed.progress.global_step == step0 > 256
+
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_steps"] == 512 and summary["resumes"] == 1
+    assert len(summary["metrics"]["matrix"]) == 2
+    # TensorBoard: the step counter continues and no step is logged twice.
+    steps = [e.step for e in events(run).Scalars("perf/steps_per_s")]
+    assert steps == sorted(set(steps)) and steps[-1] == 512
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--games", "pong,notagame"], "notagame"),
+        (["--agent", "nosuchagent"], "nosuchagent"),
+        (["--steps-per-game", "0"], "--steps-per-game"),
+        (["--num-envs", "-2"], "--num-envs"),
+        (["--num-envs", "x"], "--num-envs"),
+        (["--learning-rate", "fast"], "--learning-rate"),
+        (["--agent", "finetune", "--fisher-states", "10"], "--fisher-states"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, needle, capsys, tmp_path) -> None:
+    assert main([*argv, "--runs-dir", str(tmp_path)]) == 2
+    assert needle in _one_error_line(capsys)
+    assert not any(tmp_path.iterdir())  # no run folder was created
+
+
+def test_bad_resume_folders(tmp_path: Path, capsys) -> None:
+    assert main(["--resume", str(tmp_path / "missing")]) == 2
+    assert "no such run folder" in _one_error_line(capsys)
+    (tmp_path / "notrun").mkdir()
+    assert main(["--resume", str(tmp_path / "notrun")]) == 2
+    assert "not a blip-rl run" in _one_error_line(capsys)
+    # A run whose checkpoint is corrupt: clear error, and nothing in it is touched.
+    run = tmp_path / "corrupt"
+    (run / "checkpoints").mkdir(parents=True)
+    assert main([*TINY, "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    mtimes = {p: os.stat(p).st_mtime_ns for p in before}
+    assert main(["--resume", str(run)]) == 2
+    assert "corrupt checkpoint" in _one_error_line(capsys)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before and all(os.stat(p).st_mtime_ns == t for p, t in mtimes.items())
+    # Changing the config of a resumed run is refused.
+    assert main(["--resume", str(run), "--games", "pong"]) == 2
+    assert "--games" in _one_error_line(capsys)
+
+
+def test_existing_run_name_is_never_overwritten(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "taken"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert main([*TINY, "--runs-dir", str(tmp_path), "--run-name", "taken"]) == 2
+    assert "already exists" in _one_error_line(capsys)
+    assert (run / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
