@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -204,7 +204,7 @@ class ContinualRun:
                 after_game=list(ckpt.get("after_game", [])),
             )
             torch.set_rng_state(ckpt["rng"]["torch"])
-            np.random.set_state(ckpt["rng"]["numpy"])
+            np.random.set_state(ckpt["rng"]["numpy"])  # noqa: NPY002 - global state
             random.setstate(ckpt["rng"]["python"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
@@ -222,7 +222,7 @@ class ContinualRun:
             "method": self.method.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
+                "numpy": np.random.get_state(),  # noqa: NPY002
                 "python": random.getstate(),
             },
             "evals": self.history.evals,
@@ -405,7 +405,7 @@ class ContinualRun:
                 head=head,
                 total_steps=cfg.steps_per_game,
                 device=self.device,
-                extra_loss=self.method.extra_loss
+                extra_loss=cast(Callable[[], torch.Tensor], self.method.extra_loss)
                 if type(self.method).extra_loss is not ContinualMethod.extra_loss
                 else None,
             )
@@ -526,7 +526,7 @@ def _nanmean(values: list[float]) -> float | None:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - libraries may use the global RNG
     torch.manual_seed(seed)
 
 

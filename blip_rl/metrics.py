@@ -30,7 +30,7 @@ __all__ = [
     "forward_transfer",
 ]
 
-Matrix = Sequence[Sequence[float]]
+Matrix = Sequence[Sequence[float]] | np.ndarray
 
 
 def _arr(matrix: Matrix) -> np.ndarray:

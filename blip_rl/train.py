@@ -9,6 +9,7 @@ preset (``agents/<name>.toml``: ``[net]``, ``[settings]``, ``[ppo]``) is also a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -53,7 +54,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[tuple[str, A
         metavar="NAME",
         help=f"agent preset from agents/ (default blip; available: {', '.join(list_agents())})",
     )
-    for name, (tp, default, text) in _RUN_FLAGS.items():
+    for name, (_, default, text) in _RUN_FLAGS.items():
         parser.add_argument(
             "--" + name.replace("_", "-"),
             type=str,
@@ -156,7 +157,7 @@ def resolve_config(
             if text is None:
                 continue
             if key.startswith("method:"):
-                own = {f for f in method_cls.config_class.__dataclass_fields__}
+                own = {f.name for f in dataclasses.fields(method_cls.config_class)}
                 if name not in own:
                     raise UsageError(
                         f"--{name.replace('_', '-')} does not apply to agent {agent!r} "
@@ -195,8 +196,6 @@ def resolve_config(
 
 
 def _atari_dict(cfg: atari.AtariConfig) -> dict[str, Any]:
-    import dataclasses
-
     return dataclasses.asdict(cfg)
 
 
