@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m blip_rl.demo
+	$(PY) -m blip_rl.train
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2
