@@ -28,11 +28,23 @@ from gymnasium.vector import AutoresetMode
 from blip_rl.atari import AtariConfig, make_train_envs, resolve_game
 
 
-def _timed(env_step: Callable[[np.ndarray], object], actions: np.ndarray) -> float:
-    start = time.perf_counter()
+def _timed(env_step: Callable[[np.ndarray], object], actions: np.ndarray) -> tuple[float, float]:
+    """(env steps per wall-clock second, env steps per CPU second of this process)."""
+    start, cpu = time.perf_counter(), time.process_time()
     for a in actions:
         env_step(a)
-    return actions.size / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return actions.size / wall, actions.size / cpu
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine, to report how busy it was (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return fields[3] + fields[4], sum(fields[:8])
 
 
 def main() -> None:
@@ -81,11 +93,17 @@ def main() -> None:
     closers.append(raw.close)
 
     results: dict[str, list[float]] = {label: [] for label in envs}
+    cpu_rates: dict[str, list[float]] = {label: [] for label in envs}
+    idle0, total0 = _cpu_jiffies()
     for _ in range(args.rounds):
         for label, step in envs.items():
-            results[label].append(_timed(step, actions))
+            wall_rate, cpu_rate = _timed(step, actions)
+            results[label].append(wall_rate)
+            cpu_rates[label].append(cpu_rate)
+    idle1, total1 = _cpu_jiffies()
     for close in closers:
         close()
+    busy = 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
     print(
         f"game={game.name} num_envs={n} steps/round={args.steps} rounds={args.rounds} "
@@ -95,10 +113,20 @@ def main() -> None:
         f"python {platform.python_version()}, ale-py {ale_py.__version__}, "
         f"gymnasium {gymnasium.__version__}, numpy {np.__version__}"
     )
+    print(
+        f"machine CPU busy during the run: {100 * busy:.0f}% of {os.cpu_count()} cores "
+        "(this benchmark included; other processes compete for the cores if it is near 100%)"
+    )
     median = {label: statistics.median(v) for label, v in results.items()}
+    print(f"{'path':<46} {'steps/s':>8}  {'per CPU-s':>9}  rounds (steps/s)")
     for label, v in results.items():
         rounds = ", ".join(f"{x:.0f}" for x in v)
-        print(f"{label:<46} {median[label]:8.0f} env steps/s  (rounds: {rounds})")
+        per_cpu = (
+            "n/a"  # the work happens in subprocesses, not counted by process_time
+            if "Async" in label
+            else f"{statistics.median(cpu_rates[label]):.0f}"
+        )
+        print(f"{label:<46} {median[label]:8.0f}  {per_cpu:>9}  {rounds}")
     native = median["native (blip-rl, ale-py C++ vector env)"]
     sync = median["gymnasium SyncVectorEnv + AtariPreprocessing"]
     best_gym = max(sync, median["gymnasium AsyncVectorEnv + AtariPreprocessing"])
@@ -106,6 +134,9 @@ def main() -> None:
     print(f"ratio native 1 thread / gymnasium sync (both one core): {one / sync:.2f}x")
     print(f"ratio native / gymnasium sync : {native / sync:.2f}x")
     print(f"ratio native / best gymnasium : {native / best_gym:.2f}x (target >= 2x)")
+    cpu_native = statistics.median(cpu_rates["native (blip-rl, ale-py C++ vector env)"])
+    cpu_sync = statistics.median(cpu_rates["gymnasium SyncVectorEnv + AtariPreprocessing"])
+    print(f"ratio of steps per CPU-second, native / gymnasium sync: {cpu_native / cpu_sync:.2f}x")
 
 
 if __name__ == "__main__":
