@@ -73,9 +73,14 @@ def test_two_games_end_to_end(tmp_path: Path) -> None:
 
 def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
     argv = [*TINY, "--games", "breakout", "--agent", "finetune", "--steps-per-game", "64"]
-    assert main([*argv, "--eval-every", "0", "--runs-dir", str(tmp_path), "--run-name", "f"]) == 0
+    argv += ["--shared-head", "--eval-every", "0"]
+    assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "f"]) == 0
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert summary["method"] == "finetune" and summary["memory_bytes_per_param"] == 0
+    net = load_checkpoint(tmp_path / "f" / "checkpoints" / "latest.pt")["net"]
+    # --shared-head: one pair of heads over the full 18-action set, plain (not BLIP) layers.
+    assert net["heads.policy.0.weight"].shape[0] == 18 and "heads.policy.1.weight" not in net
+    assert not any(k.endswith("_bits") for k in net)
     assert "blip/trunk.conv1/frozen_bits" not in events(tmp_path / "f").Tags()["scalars"]
 
 
