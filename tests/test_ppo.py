@@ -306,3 +306,29 @@ def test_blip_constraint_on_the_ppo_optimizer_keeps_frozen_prefixes(precision: s
         assert moved > 0.1 * sum(p.numel() for p in net.parameters())
     finally:
         envs.close()
+
+
+class _Bandit(FakeEnv):
+    """Reward 1 for action 2, 0 otherwise, whatever the (random) frame."""
+
+    def step(self, actions: np.ndarray) -> Any:
+        obs, _, done, truncated, info = super().step(actions)
+        return obs, (actions == 2).astype(np.float32), done, truncated, info
+
+
+def test_learns_a_bandit() -> None:
+    """The policy gradient has the right sign: PPO finds the rewarded action."""
+    cfg = PPOConfig(
+        num_envs=2, num_steps=32, num_minibatches=2, learning_rate=2e-3, precision="fp32"
+    )
+    ppo = _ppo(cfg, env=_Bandit(2), total_steps=10**6)
+    first = None
+    for _ in range(10):
+        ppo.collect()
+        if first is None:
+            first = float((ppo.storage.actions == 2).float().mean())
+        ppo.update()
+    ppo.collect()
+    last = float((ppo.storage.actions == 2).float().mean())
+    assert first is not None and first < 0.45
+    assert last > 0.7
