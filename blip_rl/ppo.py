@@ -30,6 +30,10 @@ Design choices (documented here because they matter for the results):
   CPU autocast (weights, optimizer and BLIP state stay float32); log-probs, values and losses
   are computed in float32. On a CPU without native bf16 (no AVX512-BF16 / AMX) bf16 would be
   slow, so "bf16" falls back to float32 there (``ppo.autocast_dtype`` says what is used).
+* **Threads.** PPO leaves ``torch.set_num_threads`` to the caller (it is process-wide). On a
+  small machine shared with the emulator's C++ threads, one torch thread is best: measured on
+  2 cores, a second OpenMP thread spun against the emulator and made PPO 5-20x slower under
+  load (``benchmarks/bench_ppo.py``).
 * **Resume.** ``state_dict()`` holds the optimizer state, the step counters (hence the position
   in the learning-rate schedule) and the config. It does not hold the environments: a restored
   learner starts its next ``collect()`` from freshly reset environments (call
