@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         model.learn(rollout)
 
     seconds = dict.fromkeys(models, 0.0)
+    cpu_seconds = dict.fromkeys(models, 0.0)
     round_sps: dict[str, list[float]] = {name: [] for name in models}
     steps = dict.fromkeys(models, 0)
     names = list(models)
@@ -76,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names if r % 2 == 0 else names[::-1]:
             model = models[name]
             start_steps = model.num_timesteps
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.learn(args.steps, reset_num_timesteps=False)
             dt = time.perf_counter() - t0
+            cpu_seconds[name] += time.process_time() - c0
             done = model.num_timesteps - start_steps
             seconds[name] += dt
             steps[name] += done
@@ -96,12 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.n_envs} envs x {args.n_steps} steps, batch {args.batch_size}, "
         f"{args.n_epochs} epochs; {args.rounds} rounds x {args.steps} steps per policy"
     )
-    print("| policy | env steps | seconds | steps/s |")
-    print("|---|---:|---:|---:|")
+    print("| policy | env steps | wall s | steps/s | CPU s | steps per CPU s |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in names:
-        print(f"| {name} | {steps[name]} | {seconds[name]:.1f} | {sps[name]:.0f} |")
+        print(
+            f"| {name} | {steps[name]} | {seconds[name]:.1f} | {sps[name]:.0f} "
+            f"| {cpu_seconds[name]:.1f} | {steps[name] / cpu_seconds[name]:.0f} |"
+        )
     print(f"\nratio BLIP / stock = {ratio:.3f} (total steps / total seconds; target >= 0.85)")
     print(f"median of the per-round ratios = {median:.3f}")
+    cpu_ratio = (steps["BLIP CNN"] / cpu_seconds["BLIP CNN"]) / (
+        steps["stock CnnPolicy"] / cpu_seconds["stock CnnPolicy"]
+    )
+    print(f"ratio of steps per CPU second (less sensitive to other load) = {cpu_ratio:.3f}")
     return 0
 
 
