@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from blip_rl.methods.base import ContinualMethod, GameContext, MethodConfig, rollout_fisher
 from blip_rl.methods.blip import BlipConfig, BlipMethod
+from blip_rl.methods.ewc import EwcConfig, EwcMethod, OnlineEwcConfig, OnlineEwcMethod
+from blip_rl.methods.packnet import PackNetConfig, PackNetMethod
 
 METHODS: dict[str, type[ContinualMethod]] = {
     "blip": BlipMethod,
     "finetune": ContinualMethod,
+    "ewc": EwcMethod,
+    "online-ewc": OnlineEwcMethod,
+    "packnet": PackNetMethod,
 }
 """Method name (the ``method`` field of an agent preset) -> class."""
 
@@ -16,7 +21,13 @@ __all__ = [
     "BlipConfig",
     "BlipMethod",
     "ContinualMethod",
+    "EwcConfig",
+    "EwcMethod",
     "GameContext",
     "MethodConfig",
+    "OnlineEwcConfig",
+    "OnlineEwcMethod",
+    "PackNetConfig",
+    "PackNetMethod",
     "rollout_fisher",
 ]
