@@ -11,23 +11,40 @@ sequence order; ``n`` games). NaN marks a missing entry.
 * forward transfer (GEM), given reference returns ``b_j`` (e.g. from single-game runs with the
   same budget, or the return before any training): ``mean_{j>0} (R[j-1][j] - b_j)``;
 * area under a curve: trapezoidal area of ``(step, return)`` divided by the step range, i.e.
-  the mean return over training.
+  the mean return over training; :func:`auc_per_game` applies it to each game's curve over the
+  whole run (every evaluation of the game, at global steps);
+* forward transfer against single-game reference runs (as Continual World, Wolczyk et al.
+  2021, but as a difference of mean returns, since Atari returns are unbounded):
+  :func:`forward_transfer_auc` ``= AUC(game j's curve while it trains in the sequence) -
+  AUC(its curve in a single-game run)``, both on the game's own training steps scaled to
+  ``(0, 1]``; :func:`training_curve` extracts those curves from the evaluation rows.
+
+Every function works the same on raw returns and on human-normalized ones
+(:func:`normalize`: ``(R - random) / (human - random)``, NaN for a game without reference
+scores); :func:`matrix_metrics` computes the matrix metrics in one call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "auc_per_game",
     "average_final",
     "backward_transfer",
     "curve_auc",
+    "curves_by_game",
     "forgetting",
     "forgetting_after",
     "forward_transfer",
+    "forward_transfer_auc",
+    "matrix_metrics",
+    "normalize",
+    "training_curve",
 ]
 
 Matrix = Sequence[Sequence[float]] | np.ndarray
@@ -94,3 +111,94 @@ def curve_auc(steps: Sequence[float], returns: Sequence[float]) -> float:
     order = np.argsort(s, kind="stable")
     s, r = s[order], r[order]
     return float(np.sum((s[1:] - s[:-1]) * (r[1:] + r[:-1]) / 2) / (s[-1] - s[0]))
+
+
+def normalize(matrix: Matrix, scores: Sequence[tuple[float, float] | None]) -> list[list[float]]:
+    """Human-normalized matrix: ``(R[i][j] - random_j) / (human_j - random_j)``.
+
+    ``scores[j]`` is game ``j``'s ``(random, human)`` pair, or None (its column becomes NaN).
+    """
+    m = _arr(matrix)
+    if len(scores) != m.shape[1]:
+        raise ValueError(f"scores has {len(scores)} entries for {m.shape[1]} games")
+    out = np.full(m.shape, math.nan)
+    for j, pair in enumerate(scores):
+        if pair is not None:
+            rand, human = pair
+            out[:, j] = (m[:, j] - rand) / (human - rand)
+    return out.tolist()
+
+
+def matrix_metrics(matrix: Matrix) -> dict[str, Any]:
+    """The matrix metrics in one dict: ``average_final``, ``forgetting`` (one entry per game;
+    NaN for the last trained game and the games after it), ``average_forgetting`` and
+    ``backward_transfer``."""
+    m = _arr(matrix)
+    per, avg = forgetting(m)
+    return {
+        "average_final": average_final(m),
+        "forgetting": [per.get(j, math.nan) for j in range(m.shape[1])],
+        "average_forgetting": avg,
+        "backward_transfer": backward_transfer(m),
+    }
+
+
+Row = Mapping[str, Any]
+
+
+def _value(row: Row, key: str) -> float:
+    v = row.get(key)
+    if v is None or v == "":
+        return math.nan
+    return float(v)
+
+
+def curves_by_game(rows: Iterable[Row], key: str = "return") -> dict[str, tuple[list, list]]:
+    """Each game's curve ``(global steps, values)`` from evaluation rows (dicts with
+    ``global_step``, ``game`` and ``key``, as in ``evals.csv``), in step order; rows whose value
+    is missing are skipped."""
+    out: dict[str, tuple[list, list]] = {}
+    for row in sorted(rows, key=lambda r: float(r["global_step"])):
+        v = _value(row, key)
+        if math.isnan(v):
+            continue
+        steps, values = out.setdefault(str(row["game"]), ([], []))
+        steps.append(float(row["global_step"]))
+        values.append(v)
+    return out
+
+
+def auc_per_game(rows: Iterable[Row], key: str = "return") -> dict[str, float]:
+    """Area under each game's curve over the whole run (:func:`curve_auc`: the mean value of
+    the game over the run's evaluations, trapezoidal in global steps)."""
+    return {g: curve_auc(s, v) for g, (s, v) in curves_by_game(rows, key).items()}
+
+
+def training_curve(
+    rows: Iterable[Row], game: str, position: int, steps_per_game: int, key: str = "return"
+) -> tuple[list[float], list[float]]:
+    """Game ``game``'s curve while it trains at sequence position ``position``: its evaluations
+    made during that game (``game_index == position``, including the one after it), with x the
+    game's own progress ``(global_step - position * steps_per_game) / steps_per_game`` in
+    ``(0, 1]``."""
+    xs, ys = [], []
+    for row in sorted(rows, key=lambda r: float(r["global_step"])):
+        if str(row["game"]) != game or int(row["game_index"]) != position:
+            continue
+        v = _value(row, key)
+        if not math.isnan(v):
+            xs.append((float(row["global_step"]) - position * steps_per_game) / steps_per_game)
+            ys.append(v)
+    return xs, ys
+
+
+def forward_transfer_auc(
+    curve: tuple[Sequence[float], Sequence[float]],
+    reference: tuple[Sequence[float], Sequence[float]],
+) -> float:
+    """``curve_auc(curve) - curve_auc(reference)``: how much better (on average over its
+    training) a game is learned after the earlier games than from scratch. NaN if either curve
+    is empty."""
+    if not len(curve[0]) or not len(reference[0]):
+        return math.nan
+    return curve_auc(*curve) - curve_auc(*reference)
