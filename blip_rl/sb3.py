@@ -77,6 +77,7 @@ __all__ = [
     "make_sb3_atari_env",
     "record_blip_stats",
     "rollout_states",
+    "short_layer_name",
 ]
 
 DEFAULT_MAX_BITS = 20
@@ -602,9 +603,30 @@ def freeze(
 # --------------------------------------------------------------------------------------------
 
 
+_SHORT_NAMES = (
+    ("pi_features_extractor.", "pi_"),
+    ("vf_features_extractor.", "vf_"),
+    ("features_extractor.", ""),
+    ("mlp_extractor.policy_net.", "pi_mlp."),
+    ("mlp_extractor.value_net.", "vf_mlp."),
+)
+
+
+def short_layer_name(name: str) -> str:
+    """The ``<layer>`` of ``blip/<layer>/...`` tags: the policy's module name without SB3's
+    long container names (``features_extractor.linear.0`` -> ``linear.0``,
+    ``mlp_extractor.policy_net.0`` -> ``pi_mlp.0``), so SB3's console log (36-character keys)
+    keeps them apart."""
+    for long, short in _SHORT_NAMES:
+        if name.startswith(long):
+            return short + name[len(long) :]
+    return name or "model"
+
+
 def blip_layer_stats(policy: nn.Module) -> dict[str, dict[str, float]]:
-    """Per BLIP layer (weight and bias together): ``frozen_bits`` (mean frozen bits per scalar),
-    ``frac_frozen`` (fraction of scalars with a frozen bit) and ``freezes``."""
+    """Per BLIP layer (weight and bias together), keyed by :func:`short_layer_name`:
+    ``frozen_bits`` (mean frozen bits per scalar), ``frac_frozen`` (fraction of scalars with a
+    frozen bit) and ``freezes``."""
     out: dict[str, dict[str, float]] = {}
     for name, layer in blip_layers(policy):
         total = 0
@@ -615,7 +637,7 @@ def blip_layer_stats(policy: nn.Module) -> dict[str, dict[str, float]]:
             total += bits.numel()
             bit_sum += float(bits.sum(dtype=torch.int64).item())
             frozen += int((bits > 0).sum().item())
-        out[name or "model"] = {
+        out[short_layer_name(name)] = {
             "frozen_bits": bit_sum / max(total, 1),
             "frac_frozen": frozen / max(total, 1),
             "freezes": float(layer.freezes.item()),

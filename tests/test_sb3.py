@@ -305,7 +305,7 @@ def test_callback_freezes_and_logs_blip_stats() -> None:
     assert all(int(layer.freezes) == 1 for _, layer in blip_layers(model.policy))
     step, last = memory.rows[-1]
     assert step == 32
-    for layer in ("action_net", "value_net", "mlp_extractor.policy_net.0"):
+    for layer in ("action_net", "value_net", "pi_mlp.0", "pi_mlp.2", "vf_mlp.0", "vf_mlp.2"):
         bits = last[f"blip/{layer}/frozen_bits"]
         frac = last[f"blip/{layer}/frac_frozen"]
         assert 0 < bits <= 20 and 0 < frac <= 1
