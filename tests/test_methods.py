@@ -1,0 +1,341 @@
+"""Baseline methods: the plain-layer Fisher, EWC / online EWC penalties, PackNet masks; each on a
+tiny real run (real ROMs) including ``--resume`` from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from blip_rl.config import RunConfig
+from blip_rl.continual import load_checkpoint
+from blip_rl.methods import (
+    METHODS,
+    EwcMethod,
+    GameContext,
+    OnlineEwcConfig,
+    OnlineEwcMethod,
+    PackNetMethod,
+    rollout_fisher,
+)
+from blip_rl.methods.ewc import EwcConfig, parameter_fisher, policy_fisher
+from blip_rl.nets import ActorCritic, NetConfig
+from blip_rl.train import main
+
+TINY = [
+    "--games", "pong,breakout",
+    "--num-envs", "2",
+    "--num-steps", "32",
+    "--num-minibatches", "2",
+    "--update-epochs", "1",
+    "--eval-episodes", "1",
+    "--max-episode-frames", "160",
+    "--steps-per-game", "64",
+    "--eval-every", "0",
+    "--no-progress",
+]  # fmt: skip
+SMALL = NetConfig(blip=False, channels=(4, 8, 8), hidden=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny nets on a shared, loaded machine: one intra-op thread is many times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------- the plain Fisher
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(4 * 5 * 5, 8)
+        self.pi = nn.Linear(8, 5)
+        self.v = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1)))
+        return self.pi(h), self.v(h).squeeze(-1)
+
+
+def both_ll(m: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    logits, v = m(x)
+    return torch.stack([torch.log_softmax(logits, -1).gather(1, a[:, None]).squeeze(1), v], 1)
+
+
+@pytest.mark.parametrize("method", ["layerwise", "vmap"])
+def test_parameter_fisher_equals_a_per_sample_loop(method: str) -> None:
+    torch.manual_seed(0)
+    model, x, a = Tiny(), torch.randn(13, 3, 10, 10), torch.randint(0, 5, (13,))
+    weights = (1.0, 0.5)
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(len(x)):
+        out = both_ll(model, x[i : i + 1], a[i : i + 1])
+        for k, w in enumerate(weights):
+            model.zero_grad()
+            out[0, k].backward(retain_graph=True)
+            for n, p in model.named_parameters():
+                expected[n] += w * p.grad**2 / len(x)
+    got = parameter_fisher(
+        model, both_ll, (x, a), chunk_size=5, term_weights=weights, method=method
+    )
+    assert set(got) == set(expected)
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-9)
+
+
+def test_policy_fisher_matches_blip_rollout_fisher() -> None:
+    """Same weights (plain and BLIP nets built after one seed), same states and actions: the
+    plain-layer Fisher equals BLIP's for every BLIP parameter, and covers the same names."""
+    torch.manual_seed(3)
+    blip = ActorCritic([3, 4], NetConfig(channels=(4, 8, 8), hidden=16))
+    torch.manual_seed(3)
+    plain = ActorCritic([3, 4], SMALL)
+    states = torch.randint(0, 256, (24, 4, 84, 84), dtype=torch.uint8)
+    ref = rollout_fisher(blip, 1, states, 0.7, 10, torch.Generator().manual_seed(5))
+    got = policy_fisher(plain, 1, states, 0.7, 10, torch.Generator().manual_seed(5))
+    assert set(got) == {n for n, _ in plain.named_parameters()}
+    for n, f in ref.items():
+        torch.testing.assert_close(got[n], f, rtol=2e-4, atol=1e-10)
+    assert float(got["heads.policy.0.weight"].abs().sum()) == 0  # head 0 did not run
+    assert float(got["trunk.conv1.weight"].sum()) > 0
+
+
+# ------------------------------------------------------------------------------- EWC by hand
+def fake_ctx(net: ActorCritic, states: torch.Tensor, game_index: int, head: int) -> GameContext:
+    return GameContext(
+        net=net,
+        ppo=None,  # type: ignore[arg-type]  # EWC's after_game does not use PPO
+        game=None,  # type: ignore[arg-type]
+        game_index=game_index,
+        head=head,
+        fisher_states=lambda n: states[:n],
+    )
+
+
+def _perturb(net: nn.Module, scale: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_ewc_penalty_and_gradient_by_hand() -> None:
+    torch.manual_seed(0)
+    net = ActorCritic([3, 4], SMALL)
+    states = torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8)
+    ewc = EwcMethod(EwcConfig(ewc_lambda=300.0, fisher_states=16, fisher_chunk=8))
+    ewc.setup(net)
+    assert float(ewc.extra_loss()) == 0.0  # nothing learned yet
+    scalars = ewc.after_game(fake_ctx(net, states, 0, 0))
+    assert scalars["fisher_states"] == 16
+    fisher = policy_fisher(net, 0, states, 1.0, 8, torch.Generator().manual_seed(1_000_003))
+    anchor = {n: p.detach().clone() for n, p in net.named_parameters()}
+    assert float(ewc.extra_loss().detach()) == 0.0  # at the anchor
+    _perturb(net, 0.01, 1)
+    expected = sum(
+        (fisher[n] * (p.detach() - anchor[n]) ** 2).sum() for n, p in net.named_parameters()
+    )
+    loss = ewc.extra_loss()
+    assert float(loss.detach()) == pytest.approx(0.5 * 300.0 * float(expected), rel=1e-4)
+    assert float(loss.detach()) > 0
+    net.zero_grad()
+    loss.backward()
+    for n, p in net.named_parameters():
+        want = 300.0 * fisher[n] * (p.detach() - anchor[n])
+        got = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-12)
+    # Parameters the game never ran (head 1) are not stored at all.
+    assert "heads.policy.1.weight" not in ewc.terms[0][0]
+
+
+def test_ewc_keeps_one_term_per_game_online_folds_them() -> None:
+    torch.manual_seed(1)
+    net = ActorCritic([3, 4], SMALL)
+    states = torch.randint(0, 256, (12, 4, 84, 84), dtype=torch.uint8)
+    ewc = EwcMethod(EwcConfig(fisher_states=12))
+    online = OnlineEwcMethod(OnlineEwcConfig(fisher_states=12, ewc_gamma=0.25))
+    for m in (ewc, online):
+        m.setup(net)
+    total = sum(p.numel() for p in net.parameters())
+    for k, head in enumerate((0, 1)):
+        for m in (ewc, online):
+            m.after_game(fake_ctx(net, states, k, head))
+        _perturb(net, 0.01, k)
+    assert len(ewc.terms) == 2 and ewc.game_indices == [0, 1]
+    assert len(online.terms) == 1 and online.game_indices == [0, 1]
+    (f1, a1), (f2, a2) = ewc.terms
+    running, anchor = online.terms[0]
+    for n in running:
+        want = 0.25 * f1.get(n, 0) + f2.get(n, 0)
+        torch.testing.assert_close(running[n], want + torch.zeros_like(running[n]))
+        # The anchor is the latest game's weights (a2 where the second game stored one).
+        if n in a2:
+            torch.testing.assert_close(anchor[n], a2[n])
+    assert set(running) == set(f1) | set(f2)
+    # Memory: the actual stored bytes; EWC grows with games, online EWC does not.
+    ewc_bytes = sum(8 * f.numel() for f, _ in ((f1, 0), (f2, 0)) for f in f.values())
+    assert ewc.memory_bytes_per_param(net) == pytest.approx(ewc_bytes / total)
+    assert online.memory_bytes_per_param(net) == pytest.approx(
+        8 * sum(f.numel() for f in running.values()) / total
+    )
+    assert 8 < ewc.memory_bytes_per_param(net) <= 16
+    assert 4 < online.memory_bytes_per_param(net) <= 8
+    # state_dict round trip
+    again = OnlineEwcMethod(OnlineEwcConfig())
+    again.setup(net)
+    again.load_state_dict(online.state_dict())
+    assert again.game_indices == [0, 1]
+    for n, f in running.items():
+        assert torch.equal(again.terms[0][0][n], f)
+    with pytest.raises(ValueError):
+        again.load_state_dict(ewc.state_dict())  # another method's state
+
+
+# --------------------------------------------------------------------------- tiny real runs
+def _run(tmp: Path, agent: str, extra: list[str] | None = None) -> Path:
+    argv = [*TINY, "--agent", agent, "--runs-dir", str(tmp), "--run-name", agent]
+    if "ewc" in agent:
+        argv += ["--fisher-states", "64"]
+    assert main(argv + (extra or [])) == 0
+    return tmp / agent
+
+
+def _resume_from_game_1(run: Path) -> dict[str, Any]:
+    """Make the run look killed right after game 1, resume it; returns the game-1 checkpoint."""
+    ckpt = run / "checkpoints"
+    shutil.copy(ckpt / "after-game-1.pt", ckpt / "latest.pt")
+    (run / "summary.json").unlink()
+    saved = load_checkpoint(ckpt / "after-game-1.pt")
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumes"] == 1 and len(summary["metrics"]["matrix"]) == 2
+    return saved
+
+
+def _extra_losses(run: Path) -> dict[int, float]:
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars("loss/extra")}
+
+
+@pytest.mark.parametrize("agent", ["ewc", "online-ewc"])
+def test_ewc_tiny_real_run_and_resume(tmp_path: Path, agent: str) -> None:
+    run = _run(tmp_path, agent)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == agent
+    total = sum(p.numel() for p in _net(run).parameters())
+    final = load_checkpoint(run / "checkpoints" / "latest.pt")["method"]
+    n_terms = 2 if agent == "ewc" else 1
+    assert len(final["terms"]) == n_terms and final["game_indices"] == [0, 1]
+    stored = sum(8 * f.numel() for t in final["terms"] for f in t["fisher"].values())
+    assert summary["memory_bytes_per_param"] == pytest.approx(stored / total)
+    assert [round(a["memory_bytes_per_param"]) for a in summary["after_game"]] == (
+        [8, 16] if agent == "ewc" else [8, 8]
+    )
+    # The penalty is 0 while the first game trains and acts during the second.
+    extra = _extra_losses(run)
+    assert extra[64] == 0 and extra[128] > 0
+    # Game 1's anchor is the network right after game 1.
+    after1 = load_checkpoint(run / "checkpoints" / "after-game-1.pt")
+    anchor = after1["method"]["terms"][0]["anchor"]
+    for n, a in anchor.items():
+        assert torch.equal(a, after1["net"][n].float())
+
+    saved = _resume_from_game_1(run)
+    resumed = load_checkpoint(run / "checkpoints" / "latest.pt")["method"]
+    assert resumed["game_indices"] == [0, 1] and len(resumed["terms"]) == n_terms
+    if agent == "ewc":  # game 1's term came back from the checkpoint unchanged
+        for n, f in saved["method"]["terms"][0]["fisher"].items():
+            assert torch.equal(resumed["terms"][0]["fisher"][n], f)
+    assert _extra_losses(run)[128] > 0
+
+
+def _net(run: Path) -> ActorCritic:
+    config = RunConfig.from_json(json.loads((run / "config.json").read_text()))
+    return ActorCritic([6, 4], config.net_config())
+
+
+def test_packnet_tiny_real_run_and_resume(tmp_path: Path) -> None:
+    run = _run(tmp_path, "packnet", ["--packnet-prune", "0.75", "--packnet-retrain-frac", "1"])
+    summary = json.loads((run / "summary.json").read_text())
+    after1 = load_checkpoint(run / "checkpoints" / "after-game-1.pt")
+    final = load_checkpoint(run / "checkpoints" / "latest.pt")
+    owner1 = after1["method"]["owner"]
+    owner = final["method"]["owner"]
+    # Game 1 kept a quarter of the trunk weights it trained and zeroed the rest.
+    w1 = after1["net"]["trunk.fc.weight"]
+    kept1 = owner1["trunk.fc"] == 1
+    assert float(kept1.float().mean()) == pytest.approx(0.25, abs=1e-3)
+    assert float(w1[~kept1].abs().sum()) == 0
+    # Weights kept by game 1 are bit-for-bit unchanged by game 2; game 2 kept part of the rest.
+    for name, o in owner1.items():
+        mask = o == 1
+        assert torch.equal(
+            final["net"][name + ".weight"][mask], after1["net"][name + ".weight"][mask]
+        )
+        assert torch.equal(owner[name][mask], o[mask])
+    assert int((owner["trunk.fc"] == 2).sum()) > 0
+    # Trunk biases learn in game 1 only.
+    assert torch.equal(final["net"]["trunk.fc.bias"], after1["net"]["trunk.fc.bias"])
+    assert summary["after_game"][0]["retrain_steps"] == 64  # one extra update of 64 steps
+    total = sum(v.numel() for k, v in final["net"].items())
+    assert summary["memory_bytes_per_param"] == pytest.approx(
+        sum(o.numel() for o in owner.values()) / total
+    )
+    assert 0.9 < summary["memory_bytes_per_param"] <= 1.0
+
+    # Evaluating game 1 uses only game 1's weights; game 2 (the last) uses all of them.
+    config = RunConfig.from_json(json.loads((run / "config.json").read_text()))
+    net = ActorCritic([6, 4], config.net_config())
+    net.load_state_dict(final["net"])
+    method = PackNetMethod(METHODS["packnet"].config_class())
+    method.setup(net)
+    method.load_state_dict(final["method"])
+    plain = ActorCritic([6, 4], config.net_config())
+    plain.load_state_dict(final["net"])
+    with torch.no_grad():
+        for name, o in owner.items():
+            plain.get_submodule(name).weight.mul_(o <= 1)
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        got, want = net(obs, 0), plain(obs, 0)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        unmasked = ActorCritic([6, 4], config.net_config())
+        unmasked.load_state_dict(final["net"])
+        torch.testing.assert_close(net(obs, 1)[0], unmasked(obs, 1)[0])
+        assert not torch.equal(net(obs, 0)[1], unmasked(obs, 0)[1])  # game 2 weights matter
+    assert torch.equal(net.trunk.fc.weight, unmasked.trunk.fc.weight)  # restored after use
+
+    saved = _resume_from_game_1(run)
+    resumed = load_checkpoint(run / "checkpoints" / "latest.pt")
+    for name, o in saved["method"]["owner"].items():
+        mask = o == 1
+        assert torch.equal(resumed["method"]["owner"][name][mask], o[mask])
+        key = name + ".weight"
+        assert torch.equal(resumed["net"][key][mask], saved["net"][key][mask])
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--agent", "ewc", "--ewc-lambda", "-1"], "--ewc-lambda"),
+        (["--agent", "online-ewc", "--ewc-gamma", "2"], "--ewc-gamma"),
+        (["--agent", "packnet", "--packnet-prune", "1"], "--packnet-prune"),
+        (["--agent", "packnet", "--fisher-states", "5"], "--fisher-states"),
+        (["--agent", "ewc", "--packnet-prune", "0.5"], "--packnet-prune"),
+    ],
+)
+def test_bad_method_settings_exit_2(argv: list[str], needle: str, capsys, tmp_path) -> None:
+    assert main([*argv, "--runs-dir", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
