@@ -21,10 +21,10 @@ never trains.
 Metrics (:mod:`blip_rl.metrics`), raw and human-normalized: average final performance,
 forgetting per game and on average (Chaudhry et al. 2018: the best evaluation after learning
 the game minus the final one), backward transfer (GEM), the area under each game's curve over
-the run (its mean evaluation return), and with ``--reference RUN ...`` (single-game runs, with
-the same ``steps_per_game``) forward transfer: the AUC of each game's curve while it trains in
-the sequence minus the AUC of its curve in the reference run, averaged over the games after the
-first.
+the run (its mean evaluation return), and with ``--reference RUN`` (a single-game run with the
+same ``steps_per_game``; repeat the flag) forward transfer: the AUC of each game's curve while
+it trains in the sequence minus the AUC of its curve in the reference run, averaged over the
+games after the first.
 
 Bad input (not a run folder, runs over different game lists, ...) ends in one ``error:`` line
 and exit code 2.
@@ -643,10 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--reference",
-        nargs="+",
+        action="append",
         default=[],
         metavar="RUN",
-        help="single-game runs of the same budget, for forward transfer",
+        help="a single-game run with the same steps per game, for forward transfer "
+        "(repeat the flag for several games or seeds)",
     )
     return parser
 
