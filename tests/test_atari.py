@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -241,7 +242,7 @@ def test_bad_env_arguments() -> None:
 def test_cli_usage_errors_are_one_line_exit_2(
     argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert train_main(argv) == 2
+    assert train_main([*argv, "--dry-run"]) == 2  # --dry-run: never train if it passed
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
@@ -250,20 +251,29 @@ def test_cli_usage_errors_are_one_line_exit_2(
 
 def test_cli_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as err:
-        train_main(["--env-backend", "cuda"])
+        train_main(["--env-backend", "cuda", "--dry-run"])
     assert err.value.code == 2
 
 
 def test_cli_valid_sequence(capsys: pytest.CaptureFixture[str]) -> None:
-    assert train_main(["--games", "@blip-atari6", "--env-backend", "gymnasium"]) == 0
-    out = capsys.readouterr().out
-    assert "kung_fu_master, boxing, jamesbond, krull, riverraid, space_invaders" in out
-    assert "sticky_actions=0.0" in out and "backend='gymnasium'" in out
+    # --dry-run: resolve and print the configuration, never train
+    assert train_main(["--games", "@blip-atari6", "--env-backend", "gymnasium", "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["games"] == [
+        "kung_fu_master",
+        "boxing",
+        "jamesbond",
+        "krull",
+        "riverraid",
+        "space_invaders",
+    ]
+    assert config["atari"]["sticky_actions"] == 0.0
+    assert config["atari"]["backend"] == "gymnasium"
 
 
 def test_cli_process_exit_code_and_no_traceback() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "blip_rl.train", "--games", "pong,notagame"],
+        [sys.executable, "-m", "blip_rl.train", "--games", "pong,notagame", "--dry-run"],
         capture_output=True,
         text=True,
         cwd=REPO,
