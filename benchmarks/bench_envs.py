@@ -1,11 +1,12 @@
 """Env throughput: blip-rl's native (ale-py C++) vector path vs the gymnasium fallback.
 
-Both paths are measured through ``blip_rl.atari.make_train_envs`` (the objects training uses:
-uint8 (n, 4, 84, 84), frame skip 4, no-op starts, episodic life, reward clipping, true-score
-tracking), with the same game, the same number of envs and random actions drawn in advance.
-Rounds of the backends alternate so that load from other processes hits them alike; the
-median round is reported. The raw ``ale_py.vector_env.AtariVectorEnv`` is measured too, to show
-what blip-rl's numpy layer costs on top of it.
+blip-rl's two backends are measured through ``blip_rl.atari.make_train_envs``, the objects
+training uses (uint8 (n, 4, 84, 84), frame skip 4, no-op starts, episodic life, reward clipping,
+true-score tracking), with the same game, the same number of envs and random actions drawn in
+advance. Rounds of the paths alternate so that load from other processes hits them alike; the
+median round is reported. Also measured: the stock gymnasium recipe (``gym.make_vec`` of the RGB
+``ALE/<Game>-v5`` env with ``AtariPreprocessing`` and ``FrameStackObservation``), and the raw
+``ale_py.vector_env.AtariVectorEnv``, to show what blip-rl's numpy layer costs on top of it.
 
     python benchmarks/bench_envs.py [--game pong] [--num-envs 8] [--steps 1500] [--rounds 3]
 """
@@ -24,6 +25,7 @@ import gymnasium
 import numpy as np
 from ale_py.vector_env import AtariVectorEnv
 from gymnasium.vector import AutoresetMode
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
 from blip_rl.atari import AtariConfig, make_train_envs, resolve_game
 
@@ -80,6 +82,19 @@ def main() -> None:
         env.step(actions[0])  # warm-up (subprocess start-up, caches)
         envs[label] = env.step
         closers.append(env.close)
+    # The plain gymnasium recipe a user would write (RGB ALE v5 env, AtariPreprocessing,
+    # FrameStackObservation, SyncVectorEnv), without blip-rl's layer.
+    stock = gymnasium.make_vec(
+        game.gym_id,
+        num_envs=n,
+        vectorization_mode="sync",
+        frameskip=1,
+        wrappers=[AtariPreprocessing, lambda e: FrameStackObservation(e, 4)],
+    )
+    stock.reset(seed=args.seed)
+    stock.step(actions[0])
+    envs["stock gymnasium make_vec + AtariPreprocessing"] = stock.step
+    closers.append(stock.close)
     raw = AtariVectorEnv(
         game.rom,
         n,
@@ -137,6 +152,8 @@ def main() -> None:
     cpu_native = statistics.median(cpu_rates["native (blip-rl, ale-py C++ vector env)"])
     cpu_sync = statistics.median(cpu_rates["gymnasium SyncVectorEnv + AtariPreprocessing"])
     print(f"ratio of steps per CPU-second, native / gymnasium sync: {cpu_native / cpu_sync:.2f}x")
+    stock_rate = median["stock gymnasium make_vec + AtariPreprocessing"]
+    print(f"ratio native / stock gymnasium recipe: {native / stock_rate:.2f}x")
 
 
 if __name__ == "__main__":
