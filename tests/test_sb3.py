@@ -92,9 +92,9 @@ def assert_all_blip(policy: nn.Module) -> None:
 
 @pytest.mark.parametrize("ortho_init", [True, False])
 def test_cnn_policy_is_all_blip_and_init_respects_bounds(ortho_init: bool) -> None:
-    model = PPO(
-        BlipActorCriticCnnPolicy, atari(1), policy_kwargs={"ortho_init": ortho_init}, **PPO_TINY
-    )
+    # Full Nature-CNN size with SB3's ortho init; the BLIP layers' own init on the small one.
+    kwargs = {"ortho_init": ortho_init, **({} if ortho_init else SMALL_CNN)}
+    model = PPO(BlipActorCriticCnnPolicy, atari(1), policy_kwargs=kwargs, **PPO_TINY)
     policy = model.policy
     assert_all_blip(policy)
     names = {n for n, _ in blip_layers(policy)}
@@ -112,7 +112,7 @@ def test_max_bits_and_prior_reach_every_layer() -> None:
     model = PPO(
         BlipActorCriticCnnPolicy,
         atari(1),
-        policy_kwargs={"max_bits": 12, "f_prior": 1e-16},
+        policy_kwargs={"max_bits": 12, "f_prior": 1e-16, **SMALL_CNN},
         **PPO_TINY,
     )
     layers = list(blip_layers(model.policy))
