@@ -284,6 +284,15 @@ class BlipActorCriticPolicy(ActorCriticPolicy):
     def _constrain_after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         constrain_(self)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch optimizers drop their hooks when pickled or deep-copied: attach the constraint
+        # again to the (copied) optimizer.
+        super().__setstate__(state)
+        opt = self.__dict__.get("_blip_opt")
+        self.__dict__["_blip_hook"] = None
+        if opt is not None:
+            self.optimizer = opt
+
     # -- construction ---------------------------------------------------------------------------
     @staticmethod
     def init_weights(module: nn.Module, gain: float = 1) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import pytest
@@ -128,6 +130,17 @@ def test_replaced_optimizer_is_constrained_too() -> None:
     policy.value_net(torch.ones(1, 64)).sum().backward()
     policy.optimizer.step()  # would push value_net far beyond its bound
     assert_in_bounds(policy)
+
+
+def test_copied_policy_keeps_its_constraint() -> None:
+    model = PPO(BlipActorCriticPolicy, "CartPole-v1", **PPO_TINY)
+    for policy in (copy.deepcopy(model.policy), pickle.loads(pickle.dumps(model.policy))):
+        for g in policy.optimizer.param_groups:
+            g["lr"] = 100.0
+        policy.optimizer.zero_grad()
+        policy.value_net(torch.ones(1, 64)).sum().backward()
+        policy.optimizer.step()
+        assert_in_bounds(policy)
 
 
 # --- learning, freezing, saving ---------------------------------------------------------------
