@@ -51,7 +51,6 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
     tag = f"{args.game}_{args.precision}{'_plain' if args.no_blip else ''}_s{args.seed}"
     out = args.out or Path(__file__).parent / "results" / f"learning_curve_{tag}.json"
 
