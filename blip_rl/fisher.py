@@ -47,8 +47,10 @@ def estimate_fisher(
     chunk_size: int = 256,
     method: Literal["auto", "layerwise", "vmap"] = "auto",
     term_weights: Sequence[float] | None = None,
+    params: Literal["blip", "all"] = "blip",
 ) -> dict[str, torch.Tensor]:
-    """Mean squared per-sample gradient of ``log_likelihood`` for every BLIP parameter.
+    """Mean squared per-sample gradient of ``log_likelihood`` for every BLIP parameter (or, with
+    ``params="all"``, every trainable parameter).
 
     Args:
         model: a model with BLIP layers (``BlipLinear``, ``BlipConv2d``).
@@ -64,10 +66,14 @@ def estimate_fisher(
         method: "layerwise" (fast, exact for layers used once per forward), "vmap" (torch.func,
             general) or "auto".
         term_weights: the weights ``w_k`` of the K terms (default all 1).
+        params: "blip" (the BLIP parameters, for :func:`blip_rl.freeze`) or "all" (every
+            parameter with ``requires_grad``, e.g. for EWC on plain layers; the layerwise path
+            then covers every ``nn.Linear`` / ``nn.Conv2d`` and falls back to vmap when other
+            modules hold trainable parameters).
 
     Returns:
-        ``{name: tensor}`` keyed as in ``model.named_parameters()``, float32, one per BLIP
-        parameter, ready for :func:`blip_rl.freeze`.
+        ``{name: tensor}`` keyed as in ``model.named_parameters()``, float32, one per selected
+        parameter (zeros for parameters the log-likelihood does not use).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is not accepted: use an integer >= 1")
@@ -81,13 +87,20 @@ def estimate_fisher(
     total = int(tensors[0].shape[0])
     if total == 0:
         raise ValueError("estimate_fisher(): inputs hold no samples")
-    names = [n for n, _ in blip_parameters(model)]
-    if not names:
-        raise ValueError("estimate_fisher(): the model has no BLIP layers")
+    if params not in ("blip", "all"):
+        raise ValueError(f"params={params!r} is not accepted: use 'blip' or 'all'")
+    if params == "blip":
+        names = [n for n, _ in blip_parameters(model)]
+        if not names:
+            raise ValueError("estimate_fisher(): the model has no BLIP layers")
+    else:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     if method in ("auto", "layerwise"):
         try:
-            return _layerwise(model, log_likelihood, tensors, chunk_size, total, term_weights)
+            return _layerwise(
+                model, log_likelihood, tensors, chunk_size, total, term_weights, params == "all"
+            )
         except _Unsupported:
             if method == "layerwise":
                 raise
@@ -170,20 +183,30 @@ def _layerwise(
     chunk_size: int,
     total: int,
     term_weights: Sequence[float] | None,
+    all_params: bool = False,
 ) -> dict[str, torch.Tensor]:
-    layers = list(blip_layers(model))
+    layers: list[tuple[str, nn.Module]]
+    if all_params:
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+        covered = {f"{n}.{p}" if n else p for n, m in layers for p in ("weight", "bias")}
+        if any(p.requires_grad and n not in covered for n, p in model.named_parameters()):
+            raise _Unsupported("trainable parameters outside Linear/Conv2d layers")
+    else:
+        layers = [(n, layer) for n, layer in blip_layers(model)]  # type: ignore[misc]
     for name, layer in layers:
-        if type(layer) not in (BlipLinear, BlipConv2d):
+        if type(layer) not in (BlipLinear, BlipConv2d, nn.Linear, nn.Conv2d):
             raise _Unsupported(f"{name}: {type(layer).__name__}")
-        if isinstance(layer, BlipConv2d) and (
+        if isinstance(layer, nn.Conv2d) and (
             layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str)
         ):
             raise _Unsupported(f"{name}: grouped, string-padded or non-zero-padded conv")
     acc: dict[str, torch.Tensor] = {}
     for name, layer in layers:
         prefix = f"{name}." if name else ""
-        for p in layer.quantized_names:
-            acc[prefix + p] = torch.zeros_like(getattr(layer, p), dtype=torch.float32)
+        for p in ("weight", "bias"):
+            param = getattr(layer, p, None)
+            if param is not None and param.requires_grad:
+                acc[prefix + p] = torch.zeros_like(param, dtype=torch.float32)
 
     captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -193,7 +216,7 @@ def _layerwise(
 
         return hook
 
-    handles = [layer.register_forward_hook(make_hook(name)) for name, layer in layers]  # type: ignore[attr-defined]
+    handles = [layer.register_forward_hook(make_hook(name)) for name, layer in layers]
     try:
         for chunk in _chunks(tensors, chunk_size, total):
             captured.clear()
@@ -236,20 +259,29 @@ def _accumulate(
 ) -> None:
     if w != 1.0:
         g = g * w**0.5
-    if isinstance(layer, BlipLinear):
+    w_key, b_key = prefix + "weight", prefix + "bias"
+    has_bias = b_key in acc
+    if isinstance(layer, nn.Linear):
         if x.dim() == 2:
-            acc[prefix + "weight"] += (g * g).t() @ (x * x)
-            if layer.bias is not None:
-                acc[prefix + "bias"] += (g * g).sum(0)
+            if w_key in acc:
+                acc[w_key] += (g * g).t() @ (x * x)
+            if has_bias:
+                acc[b_key] += (g * g).sum(0)
         else:  # (batch, ..., features): a sample's gradient sums over the middle dims
             xb = x.reshape(x.shape[0], -1, x.shape[-1])
             gb = g.reshape(g.shape[0], -1, g.shape[-1])
-            acc[prefix + "weight"] += torch.einsum("bto,bti->boi", gb, xb).pow(2).sum(0)
-            if layer.bias is not None:
-                acc[prefix + "bias"] += gb.sum(1).pow(2).sum(0)
+            if w_key in acc:
+                acc[w_key] += torch.einsum("bto,bti->boi", gb, xb).pow(2).sum(0)
+            if has_bias:
+                acc[b_key] += gb.sum(1).pow(2).sum(0)
         return
     # Conv2d: per-sample weight gradient = G (O x L) @ unfold(X)^T (L x C*kh*kw).
-    assert isinstance(layer, BlipConv2d)
+    assert isinstance(layer, nn.Conv2d)
+    if has_bias:
+        gb = g.reshape(g.shape[0], g.shape[1], -1)
+        acc[b_key] += gb.sum(2).pow(2).sum(0)
+    if w_key not in acc:
+        return
     cols = F.unfold(
         x,
         layer.kernel_size,
@@ -259,6 +291,4 @@ def _accumulate(
     )  # (B, C*kh*kw, L)
     gb = g.reshape(g.shape[0], g.shape[1], -1)  # (B, O, L)
     per_sample = torch.bmm(gb, cols.transpose(1, 2))  # (B, O, C*kh*kw)
-    acc[prefix + "weight"] += per_sample.pow(2).sum(0).view_as(layer.weight)
-    if layer.bias is not None:
-        acc[prefix + "bias"] += gb.sum(2).pow(2).sum(0)
+    acc[w_key] += per_sample.pow(2).sum(0).view_as(layer.weight)

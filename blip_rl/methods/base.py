@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from blip_rl.nets import ActorCritic
     from blip_rl.ppo import PPO
 
-__all__ = ["ContinualMethod", "FinetuneConfig", "GameContext", "MethodConfig", "rollout_fisher"]
+__all__ = [
+    "ContinualMethod",
+    "FinetuneConfig",
+    "GameContext",
+    "MethodConfig",
+    "game_fisher",
+    "rollout_fisher",
+]
 
 
 @dataclass
@@ -112,8 +119,10 @@ def rollout_fisher(
     value_coef: float = 1.0,
     chunk_size: int = 256,
     generator: torch.Generator | None = None,
+    params: Literal["blip", "all"] = "blip",
 ) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher of the BLIP parameters from game states.
+    """Diagonal Fisher of the BLIP parameters (``params="all"``: of every parameter) from game
+    states.
 
     For each state an action is sampled from the current policy of ``head``; the Fisher is the
     mean over states of ``(d log pi(a|s))**2 + value_coef * (d V(s))**2`` (per-sample squared
@@ -143,6 +152,27 @@ def rollout_fisher(
             (states, actions),
             chunk_size=chunk_size,
             term_weights=[1.0, value_coef],
+            params=params,
         )
     finally:
         net.train(net_was_training)
+
+
+def game_fisher(
+    ctx: GameContext, config: MethodConfig, params: Literal["blip", "all"] = "blip"
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The Fisher of the game that just ended, as every Fisher-based method takes it: over the
+    game's last ``config.fisher_states`` training states, with the action sampling seeded by the
+    game's position (so a resumed run draws the same actions). Returns (Fisher, states used)."""
+    states = ctx.fisher_states(config.fisher_states)
+    generator = torch.Generator().manual_seed(1_000_003 * (ctx.game_index + 1))
+    fisher = rollout_fisher(
+        ctx.net,
+        ctx.head,
+        states,
+        value_coef=config.value_fisher_coef,
+        chunk_size=config.fisher_chunk,
+        generator=generator,
+        params=params,
+    )
+    return fisher, len(states)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from blip_rl.methods.base import ContinualMethod, GameContext, MethodConfig, rollout_fisher
+from blip_rl.methods.base import ContinualMethod, GameContext, MethodConfig, game_fisher
 from blip_rl.quant import attach, blip_layers, blip_stats, freeze
 
 
@@ -33,7 +33,6 @@ class BlipMethod(ContinualMethod):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self._handle: Any = None
-        self._generator = torch.Generator()
 
     def setup(self, net: torch.nn.Module) -> None:
         if not any(True for _ in blip_layers(net)):
@@ -45,16 +44,7 @@ class BlipMethod(ContinualMethod):
         self._handle = attach(ctx.ppo.optimizer, ctx.net)
 
     def after_game(self, ctx: GameContext) -> dict[str, float]:
-        states = ctx.fisher_states(self.config.fisher_states)
-        self._generator.manual_seed(1_000_003 * (ctx.game_index + 1))
-        fisher = rollout_fisher(
-            ctx.net,
-            ctx.head,
-            states,
-            value_coef=self.config.value_fisher_coef,
-            chunk_size=self.config.fisher_chunk,
-            generator=self._generator,
-        )
+        fisher, n_states = game_fisher(ctx, self.config)
         freeze(ctx.net, fisher)
         if self._handle is not None:
             self._handle.remove()
@@ -62,7 +52,7 @@ class BlipMethod(ContinualMethod):
         stats = blip_stats(ctx.net)
         total = sum(s.numel for s in stats)
         return {
-            "fisher_states": float(len(states)),
+            "fisher_states": float(n_states),
             "mean_bits": sum(s.mean_bits * s.numel for s in stats) / total,
             "frac_frozen": sum(s.frac_frozen * s.numel for s in stats) / total,
         }

@@ -29,18 +29,22 @@ paper's RL runs use ``lambda = 5000`` (the presets' default); see ``docs/methods
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from blip_rl.errors import UsageError
-from blip_rl.methods.base import ContinualMethod, GameContext, MethodConfig
+from blip_rl.fisher import estimate_fisher
+from blip_rl.methods.base import (
+    ContinualMethod,
+    GameContext,
+    MethodConfig,
+    game_fisher,
+    rollout_fisher,
+)
 
 __all__ = [
     "EwcConfig",
@@ -55,10 +59,6 @@ LogLikelihood = Callable[..., torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------ Fisher
-class _Fallback(Exception):
-    """The layerwise path cannot handle this model; use torch.func."""
-
-
 def parameter_fisher(
     model: nn.Module,
     log_likelihood: LogLikelihood,
@@ -66,210 +66,19 @@ def parameter_fisher(
     *,
     chunk_size: int = 256,
     term_weights: Sequence[float] | None = None,
-    method: str = "auto",
+    method: Literal["auto", "layerwise", "vmap"] = "auto",
 ) -> dict[str, torch.Tensor]:
-    """Mean squared per-sample gradient of ``log_likelihood`` for every trainable parameter.
-
-    The plain-layer counterpart of :func:`blip_rl.fisher.estimate_fisher` (which covers BLIP
-    parameters only), with the same arguments: ``log_likelihood(model, *batch)`` returns
-    ``(batch,)`` or ``(batch, K)`` terms, each entry depending on its own sample only; the
-    result is ``sum_k w_k * mean_samples(g_k ** 2)``.
-
-    ``method="layerwise"`` (what ``"auto"`` uses when it can): one backward per chunk and term
-    to the outputs of every ``nn.Linear`` / ``nn.Conv2d`` (BLIP layers included), then per-layer
-    sums of squared per-sample gradients (``(G*G)^T (X*X)`` for a linear layer, the per-sample
-    product of output gradients and unfolded inputs for a convolution). ``"vmap"``:
-    ``torch.func.vmap(grad)`` over all parameters, chunked (general, slower).
-
-    Returns ``{name: float32 tensor}`` for every parameter with ``requires_grad``, keyed as in
-    ``model.named_parameters()``; parameters the forward never used get zeros.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} is not accepted: use an integer >= 1")
-    if method not in ("auto", "layerwise", "vmap"):
-        raise ValueError(f"method={method!r} is not accepted: use 'auto', 'layerwise' or 'vmap'")
-    tensors = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    if not tensors or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
-        raise ValueError("parameter_fisher(): inputs must be tensors with one common batch size")
-    total = int(tensors[0].shape[0])
-    if total == 0:
-        raise ValueError("parameter_fisher(): inputs hold no samples")
-    if method in ("auto", "layerwise"):
-        try:
-            return _layerwise(model, log_likelihood, tensors, chunk_size, total, term_weights)
-        except _Fallback:
-            if method == "layerwise":
-                raise
-    return _vmap(model, log_likelihood, tensors, chunk_size, total, term_weights)
-
-
-def _as_terms(out: torch.Tensor, batch: int) -> torch.Tensor:
-    if out.dim() not in (1, 2) or out.shape[0] != batch:
-        raise ValueError(
-            "log_likelihood must return one value (or one row of K terms) per sample, "
-            f"got shape {tuple(out.shape)} for {batch} samples"
-        )
-    return out if out.dim() == 2 else out[:, None]
-
-
-def _weights(term_weights: Sequence[float] | None, k: int) -> list[float]:
-    if term_weights is None:
-        return [1.0] * k
-    if len(term_weights) != k or any(not w >= 0 for w in term_weights):
-        raise ValueError(f"term_weights={list(term_weights)!r}: use {k} weights >= 0")
-    return [float(w) for w in term_weights]
-
-
-def _layerwise(
-    model: nn.Module,
-    log_likelihood: LogLikelihood,
-    tensors: tuple[torch.Tensor, ...],
-    chunk_size: int,
-    total: int,
-    term_weights: Sequence[float] | None,
-) -> dict[str, torch.Tensor]:
-    layers: list[tuple[str, nn.Module]] = []
-    covered: set[str] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear | nn.Conv2d):
-            if isinstance(module, nn.Conv2d) and (
-                module.groups != 1
-                or module.padding_mode != "zeros"
-                or isinstance(module.padding, str)
-            ):
-                raise _Fallback(name)
-            layers.append((name, module))
-            for p, _ in module.named_parameters(recurse=False):
-                covered.add(f"{name}.{p}" if name else p)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(trainable) - covered:
-        raise _Fallback("parameters outside Linear/Conv2d layers")
-    acc = {
-        n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in trainable.items()
-    }
-    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            captured.setdefault(name, []).append((args[0].detach(), output))
-
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers]
-    try:
-        for start in range(0, total, chunk_size):
-            chunk = tuple(t[start : start + chunk_size] for t in tensors)
-            captured.clear()
-            with torch.enable_grad():
-                ll = _as_terms(log_likelihood(model, *chunk), chunk[0].shape[0])
-                weights = _weights(term_weights, ll.shape[1])
-                used = [(n, m) for n, m in layers if n in captured]
-                if any(len(captured[n]) != 1 for n, _ in used):
-                    raise _Fallback("a layer ran more than once in one forward")
-                outs = [captured[n][0][1] for n, _ in used]
-                live = [i for i, o in enumerate(outs) if o.requires_grad]
-                for k, w in enumerate(weights):
-                    grads = torch.autograd.grad(
-                        ll[:, k].sum(),
-                        [outs[i] for i in live],
-                        retain_graph=k < len(weights) - 1,
-                        allow_unused=True,
-                    )
-                    for i, g in zip(live, grads, strict=True):
-                        if g is None:
-                            continue
-                        name, module = used[i]
-                        x = captured[name][0][0].float()
-                        _accumulate(module, name, x, g.float() * math.sqrt(w), acc)
-    finally:
-        for h in handles:
-            h.remove()
-        captured.clear()
-    return {n: a / total for n, a in acc.items()}
-
-
-def _accumulate(
-    module: nn.Module, name: str, x: torch.Tensor, g: torch.Tensor, acc: dict[str, torch.Tensor]
-) -> None:
-    """Add the squared per-sample gradients of ``module``'s parameters (inputs ``x``, output
-    gradients ``g``, batch first) to ``acc``."""
-    prefix = f"{name}." if name else ""
-    weight = prefix + "weight"
-    bias = prefix + "bias" if getattr(module, "bias", None) is not None else None
-    if isinstance(module, nn.Linear):
-        if x.dim() == 2:
-            if weight in acc:
-                acc[weight] += (g * g).t() @ (x * x)
-            if bias in acc:
-                acc[bias] += (g * g).sum(0)
-        else:  # (batch, ..., features): a sample's gradient sums over the middle dims
-            xb = x.reshape(x.shape[0], -1, x.shape[-1])
-            gb = g.reshape(g.shape[0], -1, g.shape[-1])
-            if weight in acc:
-                acc[weight] += torch.einsum("bto,bti->boi", gb, xb).pow(2).sum(0)
-            if bias in acc:
-                acc[bias] += gb.sum(1).pow(2).sum(0)
-        return
-    assert isinstance(module, nn.Conv2d)
-    gb = g.reshape(g.shape[0], g.shape[1], -1)  # (B, O, L)
-    if weight in acc:
-        cols = F.unfold(
-            x,
-            module.kernel_size,
-            dilation=module.dilation,
-            padding=module.padding,  # type: ignore[arg-type]
-            stride=module.stride,
-        )  # (B, C*kh*kw, L)
-        per_sample = torch.bmm(gb, cols.transpose(1, 2))  # (B, O, C*kh*kw)
-        acc[weight] += per_sample.pow(2).sum(0).view(acc[weight].shape)
-    if bias in acc:
-        acc[bias] += gb.sum(2).pow(2).sum(0)
-
-
-class _Call(nn.Module):
-    def __init__(self, model: nn.Module, fn: LogLikelihood) -> None:
-        super().__init__()
-        self.model = model
-        self.fn = fn
-
-    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.model, *batch)
-
-
-def _vmap(
-    model: nn.Module,
-    log_likelihood: LogLikelihood,
-    tensors: tuple[torch.Tensor, ...],
-    chunk_size: int,
-    total: int,
-    term_weights: Sequence[float] | None,
-) -> dict[str, torch.Tensor]:
-    named = dict(model.named_parameters())
-    theta = {n: p.detach() for n, p in named.items() if p.requires_grad}
-    rest = {n: p.detach() for n, p in named.items() if not p.requires_grad}
-    rest.update(dict(model.named_buffers()))
-    wrapper = _Call(model, log_likelihood)
-    with torch.no_grad():
-        first = _as_terms(log_likelihood(model, *(t[:1] for t in tensors)), 1)
-    weights = _weights(term_weights, first.shape[1])
-
-    def one(th: dict[str, torch.Tensor], k: int, *sample: torch.Tensor) -> torch.Tensor:
-        state = {f"model.{n}": v for n, v in {**rest, **th}.items()}
-        out = functional_call(wrapper, state, tuple(s.unsqueeze(0) for s in sample))
-        return _as_terms(out, 1)[0, k]
-
-    acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in theta.items()}
-    for k, w in enumerate(weights):
-        per_sample = vmap(
-            grad(lambda th, *s, k=k: one(th, k, *s)),
-            in_dims=(None, *([0] * len(tensors))),
-            randomness="different",
-        )
-        for start in range(0, total, chunk_size):
-            grads = per_sample(theta, *(t[start : start + chunk_size] for t in tensors))
-            for n in acc:
-                acc[n] += w * grads[n].float().pow(2).sum(0)
-    return {n: a / total for n, a in acc.items()}
+    """:func:`blip_rl.estimate_fisher` over every trainable parameter (``params="all"``): plain
+    ``nn.Linear`` / ``nn.Conv2d`` layers included, as EWC on the plain network needs."""
+    return estimate_fisher(
+        model,
+        log_likelihood,
+        inputs,
+        chunk_size=chunk_size,
+        term_weights=term_weights,
+        method=method,
+        params="all",
+    )
 
 
 def policy_fisher(
@@ -280,36 +89,17 @@ def policy_fisher(
     chunk_size: int = 256,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher of *every* parameter of an actor-critic from game states.
-
-    As :func:`blip_rl.methods.rollout_fisher` (actions sampled from the policy of ``head``; the
-    mean of ``(d log pi(a|s))**2 + value_coef * (d V(s))**2``), but for all parameters of plain
-    or BLIP layers, via :func:`parameter_fisher`. On a plain net and a BLIP net with the same
-    weights both give the same numbers for the BLIP parameters.
-    """
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            actions = torch.cat(
-                [
-                    torch.multinomial(
-                        torch.softmax(net(chunk, head)[0].float(), -1), 1, generator=generator
-                    ).squeeze(1)
-                    for chunk in states.split(chunk_size)
-                ]
-            )
-
-        def loglik(m: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-            logits, value = m(obs, head)
-            logp = torch.log_softmax(logits.float(), -1).gather(1, act[:, None]).squeeze(1)
-            return torch.stack([logp, value.float()], 1)
-
-        return parameter_fisher(
-            net, loglik, (states, actions), chunk_size=chunk_size, term_weights=[1.0, value_coef]
-        )
-    finally:
-        net.train(was_training)
+    """:func:`blip_rl.methods.rollout_fisher` over *every* parameter of an actor-critic
+    (policy term plus ``value_coef`` times the value term, actions sampled from ``head``)."""
+    return rollout_fisher(
+        net,  # type: ignore[arg-type]
+        head,
+        states,
+        value_coef=value_coef,
+        chunk_size=chunk_size,
+        generator=generator,
+        params="all",
+    )
 
 
 # ----------------------------------------------------------------------------------- methods
@@ -377,7 +167,6 @@ class EwcMethod(ContinualMethod):
         """(fisher, anchor) per stored term: one per game (EWC) or one running term (online)."""
         self.game_indices: list[int] = []
         """Sequence positions of the games whose Fisher is stored (or folded in, online)."""
-        self._generator = torch.Generator()
 
     # ---------------------------------------------------------------------------- hooks
     def setup(self, net: nn.Module) -> None:
@@ -397,22 +186,13 @@ class EwcMethod(ContinualMethod):
         return 0.5 * self.config.ewc_lambda * total
 
     def after_game(self, ctx: GameContext) -> dict[str, float]:
-        states = ctx.fisher_states(self.config.fisher_states)
-        self._generator.manual_seed(1_000_003 * (ctx.game_index + 1))
-        fisher = policy_fisher(
-            ctx.net,
-            ctx.head,
-            states,
-            value_coef=self.config.value_fisher_coef,
-            chunk_size=self.config.fisher_chunk,
-            generator=self._generator,
-        )
+        fisher, n_states = game_fisher(ctx, self.config, params="all")
         fisher = {n: f for n, f in fisher.items() if bool((f != 0).any())}
         self._store(fisher)
         self.game_indices.append(ctx.game_index)
         values = torch.cat([f.flatten() for f in fisher.values()]) if fisher else torch.zeros(1)
         return {
-            "fisher_states": float(len(states)),
+            "fisher_states": float(n_states),
             "fisher_mean": float(values.mean()),
             "fisher_max": float(values.max()),
             "memory_bytes_per_param": self.memory_bytes_per_param(ctx.net),
