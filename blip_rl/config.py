@@ -97,11 +97,11 @@ class RunConfig:
     """Agent preset name (``agents/<agent>.toml``)."""
     method: str
     """Continual method (from the preset)."""
-    steps_per_game: int = 100_000
+    steps_per_game: int = 200_000
     """Env steps (all envs) of training per game."""
     seed: int = 1
     """One seed for the network, the envs and the sampling: a run is reproducible with it."""
-    eval_every: int = 25_000
+    eval_every: int = 50_000
     """Evaluate every game of the sequence every this many env steps (0: only after games)."""
     eval_episodes: int = 8
     """Episodes per game per evaluation."""

@@ -26,10 +26,10 @@ from blip_rl.nets import NetConfig
 from blip_rl.ppo import PPOConfig
 
 _RUN_FLAGS: dict[str, tuple[type, Any, str]] = {
-    "steps_per_game": (int, 100_000, "env steps of training per game (all envs together)"),
+    "steps_per_game": (int, 200_000, "env steps of training per game (all envs together)"),
     "seed": (int, 1, "one seed for network, envs and sampling"),
     "num_envs": (int, 8, "parallel environments"),
-    "eval_every": (int, 25_000, "evaluate every game every N global env steps (0: after games)"),
+    "eval_every": (int, 50_000, "evaluate every game every N global env steps (0: after games)"),
     "eval_episodes": (int, 8, "episodes per game per evaluation"),
     "checkpoint_every": (int, 50_000, "checkpoint every N env steps (always after each game)"),
 }
@@ -46,7 +46,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[tuple[str, A
         default=None,
         metavar="LIST",
         help="comma-separated games in learning order, or @PRESET (e.g. pong,breakout or "
-        "@blip-atari6; default @demo: pong then breakout)",
+        "@blip-atari6; default @demo: breakout then pong)",
     )
     parser.add_argument(
         "--agent",

@@ -97,8 +97,8 @@ def test_resolve_games_lists_and_presets() -> None:
         "breakout",
         "space_invaders",
     ]
-    assert [g.name for g in resolve_games("@demo")] == ["pong", "breakout"]
-    assert [g.name for g in resolve_games("@demo,pong")] == ["pong", "breakout", "pong"]
+    assert [g.name for g in resolve_games("@demo")] == ["breakout", "pong"]
+    assert [g.name for g in resolve_games("@demo,pong")] == ["breakout", "pong", "pong"]
     for bad in ["", " , ", "@nope", "pong,nope"]:
         with pytest.raises(UsageError):
             resolve_games(bad)
