@@ -519,7 +519,7 @@ def test_presets_work_from_a_wheel(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "['pong', 'breakout'] (-20.7, 14.6)"
+    assert proc.stdout.strip() == "['breakout', 'pong'] (-20.7, 14.6)"
 
 
 def test_gymnasium_async_matches_sync() -> None:
