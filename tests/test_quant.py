@@ -69,8 +69,8 @@ def test_layer_state_names_bounds_and_init(layer, n):
     # The prior is the reference's 5e-18 converted to true-Fisher units, times n.
     assert layer.prior == pytest.approx(5e-18 * REFERENCE_FISHER_SCALE * n)
     # Orthogonal init with gain sqrt(2) (rows or columns orthogonal), then clamped: not all zero.
-    assert float(layer.weight.abs().max()) > 0
-    assert float(layer.bias.abs().max()) == 0
+    assert float(layer.weight.detach().abs().max()) > 0
+    assert float(layer.bias.detach().abs().max()) == 0
 
 
 def test_layer_without_bias_has_only_weight_state():
