@@ -31,9 +31,7 @@ import csv
 import io
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +44,7 @@ from tqdm import tqdm
 
 from blip_rl import atari, metrics
 from blip_rl.errors import UsageError
+from blip_rl.files import atomic_write
 from blip_rl.methods import METHODS, ContinualMethod, GameContext
 from blip_rl.nets import ActorCritic
 from blip_rl.ppo import PPO
@@ -55,22 +54,6 @@ __all__ = ["CHECKPOINT_FORMAT", "ContinualRun", "atomic_write", "load_checkpoint
 
 CHECKPOINT_FORMAT = "blip-rl-checkpoint-1"
 FULL_ACTION_SET = 18
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _atomic_json(path: Path, obj: Any) -> None:

@@ -36,9 +36,7 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +47,7 @@ import numpy as np
 
 from blip_rl import metrics
 from blip_rl.errors import UsageError, cli
+from blip_rl.files import atomic_write
 
 __all__ = ["RunData", "build_report", "compare_runs", "load_run", "main", "run_metrics"]
 
@@ -250,20 +249,6 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 # ------------------------------------------------------------------------------------ writing
-def _write(path: Path, data: bytes) -> None:
-    """Atomic write: temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _plt() -> Any:
     import matplotlib
 
@@ -279,7 +264,7 @@ def _save(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     _plt().close(fig)
-    _write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -440,7 +425,7 @@ def build_report(run: RunData, out: Path) -> list[Path]:
     files = [out / "matrix.png", out / "curves.png", out / "summary.md", out / "report.json"]
     plot_matrix(run, files[0])
     plot_curves(run, files[1])
-    _write(files[2], summary_markdown(run, m).encode())
+    atomic_write(files[2], summary_markdown(run, m).encode())
     data = {
         "run": str(run.path),
         "agent": run.agent,
@@ -453,7 +438,7 @@ def build_report(run: RunData, out: Path) -> list[Path]:
         "matrix_normalized": run.matrix_normalized,
         "metrics": m,
     }
-    _write(files[3], (json.dumps(_nan_to_none(data), indent=2) + "\n").encode())
+    atomic_write(files[3], (json.dumps(_nan_to_none(data), indent=2) + "\n").encode())
     return files
 
 
@@ -576,9 +561,9 @@ def compare_runs(runs: Sequence[RunData], out: Path) -> list[Path]:
     ]
     lines += ["", "![curves](curves.png)", ""]
     files = [out / "comparison.md", out / "curves.png", out / "report.json"]
-    _write(files[0], "\n".join(lines).encode())
+    atomic_write(files[0], "\n".join(lines).encode())
     plot_comparison(groups, games, files[1])
-    _write(files[2], (json.dumps(_nan_to_none(summary), indent=2) + "\n").encode())
+    atomic_write(files[2], (json.dumps(_nan_to_none(summary), indent=2) + "\n").encode())
     return files
 
 

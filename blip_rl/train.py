@@ -271,7 +271,8 @@ def _resume_config(
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for bad input)."""
-    from blip_rl.continual import ContinualRun, atomic_write
+    from blip_rl.continual import ContinualRun
+    from blip_rl.files import atomic_write
 
     parser, generated = build_parser()
     args = parser.parse_args(argv)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
 
 from blip_rl.nets import PAPER_NET, ActorCritic, NetConfig
 from blip_rl.quant import BlipConv2d, BlipLayer, BlipLinear, blip_parameters
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a small shared machine a second OpenMP thread mostly spins."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _obs(batch: int = 3, seed: int = 0) -> torch.Tensor:

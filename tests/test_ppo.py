@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,15 +20,6 @@ from blip_rl.ppo import PPO, Episode, PPOConfig, compute_gae, finished_episodes
 from blip_rl.quant import blip_layers, code_of
 
 TINY = PPOConfig(num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a small shared machine a second OpenMP thread mostly spins."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class FakeEnv:

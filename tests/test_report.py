@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from blip_rl import metrics
 from blip_rl.report import main as report
@@ -36,13 +35,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One tiny real run shared by the tests of this module (read-only: copy it to change)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        root = tmp_path_factory.mktemp("runs")
-        assert train([*TINY, "--runs-dir", str(root), "--run-name", "tiny"]) == 0
-    finally:
-        torch.set_num_threads(before)
+    root = tmp_path_factory.mktemp("runs")
+    assert train([*TINY, "--runs-dir", str(root), "--run-name", "tiny"]) == 0
     yield root / "tiny"
 
 
