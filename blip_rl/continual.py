@@ -161,7 +161,11 @@ class ContinualRun:
         self.eval_names = list(dict.fromkeys(g.name for g in self.games))
         self.progress = _Progress()
         self.history = _History()
-        checkpoint = load_checkpoint(self.ckpt_dir / "latest.pt") if resume else None
+        # A run killed before its first checkpoint (written right at the start) has nothing to
+        # resume from: it starts over in its folder, dropping the few events it logged.
+        latest = self.ckpt_dir / "latest.pt"
+        self._restart = resume and not latest.exists()
+        checkpoint = load_checkpoint(latest) if resume and not self._restart else None
         _seed_everything(config.seed)
         self.net = ActorCritic(counts, config.net_config()).to(self.device)
         method_cls = METHODS[config.method]
@@ -352,7 +356,8 @@ class ContinualRun:
         """Train the whole sequence (or its remainder after a resume); returns the summary."""
         cfg, prog = self.cfg, self.progress
         n = len(self.games)
-        log = TBLogger(str(self.run_dir), purge_step=prog.global_step if prog.resumes else None)
+        purge = prog.global_step if prog.resumes else (0 if self._restart else None)
+        log = TBLogger(str(self.run_dir), purge_step=purge)
         started = time.perf_counter()
         wall0 = prog.wall_time
         try:

@@ -144,6 +144,18 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
     assert steps == sorted(set(steps)) and steps[-1] == 512
 
 
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path: Path, capsys) -> None:
+    """A run killed between writing config.json and its first checkpoint still resumes."""
+    assert main([*TINY, "--games", "breakout", "--agent", "finetune", "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    config["steps_per_game"] = 64
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["global_steps"] == 64
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
