@@ -411,8 +411,9 @@ class ContinualRun:
             )
             self.method.before_game(ctx)
             ppo.reset_envs(seed=cfg.seed * 1000 + 100 * k + prog.resumes)
-            bar = tqdm(
-                total=cfg.steps_per_game,
+            batch = self.ppo_config.batch_size
+            bar = tqdm(  # a game runs whole rollouts: its budget rounded up to the batch size
+                total=-(-cfg.steps_per_game // batch) * batch,
                 initial=ppo.global_step,
                 desc=f"game {k + 1}/{len(self.games)} {game.name}",
                 unit="step",
