@@ -98,31 +98,6 @@ class _History:
     after_game: list[dict[str, float]] = field(default_factory=list)
 
 
-class _StateBuffer:
-    """The last ``capacity`` training states of the current game (uint8, for Fisher)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.chunks: list[torch.Tensor] = []
-        self.size = 0
-
-    def add(self, obs: torch.Tensor) -> None:
-        flat = obs.reshape(-1, *obs.shape[2:]).clone()
-        self.chunks.append(flat)
-        self.size += len(flat)
-        while self.chunks and self.size - len(self.chunks[0]) >= self.capacity:
-            self.size -= len(self.chunks.pop(0))
-
-    def last(self, n: int) -> torch.Tensor:
-        if not self.chunks:
-            return torch.empty(0, dtype=torch.uint8)
-        return torch.cat(self.chunks)[-n:]
-
-    def clear(self) -> None:
-        self.chunks.clear()
-        self.size = 0
-
-
 class ContinualRun:
     """One run: a game sequence, an agent, a run folder.
 
@@ -322,10 +297,10 @@ class ContinualRun:
 
     # ------------------------------------------------------------------------------ the loop
     def _fisher_states_fn(
-        self, buffer: _StateBuffer, game_index: int
+        self, recent: list[torch.Tensor], game_index: int
     ) -> Callable[[int], torch.Tensor]:
         def get(n: int) -> torch.Tensor:
-            states = buffer.last(n)
+            states = torch.cat(recent)[-n:] if recent else torch.empty(0, dtype=torch.uint8)
             if len(states) >= n:
                 return states
             extra = self._policy_states(game_index, n - len(states))
@@ -400,20 +375,24 @@ class ContinualRun:
             if self.ppo_state is not None and prog.step_in_game > 0:
                 ppo.load_state_dict(self.ppo_state)
             self.ppo_state = None
-            buffer = _StateBuffer(getattr(self.method.config, "fisher_states", 0))
+            # Copies of the game's last rollouts (the storage is overwritten each iteration),
+            # kept only for the last ``fisher_states`` steps: the states a method's Fisher uses.
+            keep = getattr(self.method.config, "fisher_states", 0)
+            recent: list[torch.Tensor] = []
             ctx = GameContext(
                 net=self.net,
                 ppo=ppo,
                 game=game,
                 game_index=k,
                 head=head,
-                fisher_states=self._fisher_states_fn(buffer, k),
+                fisher_states=self._fisher_states_fn(recent, k),
             )
             self.method.before_game(ctx)
             ppo.reset_envs(seed=cfg.seed * 1000 + 100 * k + prog.resumes)
             batch = self.ppo_config.batch_size
-            bar = tqdm(  # a game runs whole rollouts: its budget rounded up to the batch size
-                total=-(-cfg.steps_per_game // batch) * batch,
+            last_steps = -(-cfg.steps_per_game // batch) * batch  # whole rollouts
+            bar = tqdm(
+                total=last_steps,
                 initial=ppo.global_step,
                 desc=f"game {k + 1}/{len(self.games)} {game.name}",
                 unit="step",
@@ -425,8 +404,8 @@ class ContinualRun:
                 while ppo.global_step < cfg.steps_per_game:
                     t0 = time.perf_counter()
                     episodes = ppo.collect()
-                    if buffer.capacity:
-                        buffer.add(ppo.storage.obs)
+                    if last_steps - ppo.global_step < keep:
+                        recent.append(ppo.storage.obs.flatten(0, 1).clone())
                     losses = ppo.update()
                     self.method.after_update(ctx)
                     sps = self.ppo_config.batch_size / max(time.perf_counter() - t0, 1e-9)

@@ -541,20 +541,19 @@ def estimate_policy_fisher(
                 ]
             )
 
-        def log_pi(pol: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        def terms(pol: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+            # One forward (shared features run once) gives both terms: log pi(a|s) and V(s).
             assert isinstance(pol, ActorCriticPolicy)
-            return pol.get_distribution(obs).log_prob(act)
+            values, log_prob, _ = pol.evaluate_actions(obs, act)
+            return torch.stack([log_prob, values.reshape(-1)], 1)
 
-        fisher = estimate_fisher(policy, log_pi, (states, actions), chunk_size=chunk_size)
-        if value_fisher_coef > 0:
-
-            def value(pol: nn.Module, obs: torch.Tensor) -> torch.Tensor:
-                assert isinstance(pol, ActorCriticPolicy)
-                return pol.predict_values(obs).reshape(-1)
-
-            f_value = estimate_fisher(policy, value, states, chunk_size=chunk_size)
-            for name, f in f_value.items():
-                fisher[name] = fisher[name] + value_fisher_coef * f
+        fisher = estimate_fisher(
+            policy,
+            terms,
+            (states, actions),
+            chunk_size=chunk_size,
+            term_weights=[1.0, float(value_fisher_coef)],
+        )
     finally:
         policy.set_training_mode(was_training)
     return fisher
