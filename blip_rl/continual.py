@@ -280,16 +280,13 @@ class ContinualRun:
         m = self.history.matrix
         out: dict[str, Any] = {"games": names, "matrix": m}
         if m:
-            norm = [
-                [_nan(atari.human_normalized(self.games[j], v)) for j, v in enumerate(row)]
-                for row in m
-            ]
-            per, avg = metrics.forgetting(m)
+            mm = metrics.matrix_metrics(m)
+            norm = metrics.normalize(m, [atari.reference_scores(g) for g in self.games])
             out.update(
-                average_final_return=metrics.average_final(m),
-                forgetting={names[j]: v for j, v in per.items()},
-                average_forgetting=avg,
-                backward_transfer=metrics.backward_transfer(m),
+                average_final_return=mm["average_final"],
+                forgetting={names[j]: mm["forgetting"][j] for j in range(len(m) - 1)},
+                average_forgetting=mm["average_forgetting"],
+                backward_transfer=mm["backward_transfer"],
                 matrix_normalized=norm,
                 average_final_normalized=_nanmean(norm[-1]),
             )
@@ -481,10 +478,6 @@ class ContinualRun:
             "metrics": m,
             "scalars": scalars,
         }
-
-
-def _nan(v: float | None) -> float:
-    return math.nan if v is None else float(v)
 
 
 def _nanmean(values: list[float]) -> float | None:
