@@ -51,6 +51,7 @@ __all__ = [
     "constrain_",
     "format_stats",
     "freeze",
+    "layer_stats",
 ]
 
 #: The authors' code squares per-sample gradients of a batch *mean* over minibatches of 62 states,
@@ -484,6 +485,22 @@ def blip_stats(model: nn.Module) -> list[BlipStats]:
                     cache_bytes_per_param=float(cache),
                 )
             )
+    return out
+
+
+def layer_stats(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Per BLIP layer (weight and bias together), keyed by module name: ``frozen_bits`` (mean
+    frozen bits per scalar), ``frac_frozen`` (fraction of scalars with a frozen bit) and
+    ``freezes``. What the ``blip/<layer>/...`` TensorBoard tags show."""
+    out: dict[str, dict[str, float]] = {}
+    for name, layer in blip_layers(model):
+        bits = [getattr(layer, f"{p}_bits") for p in layer.quantized_names]
+        total = max(sum(b.numel() for b in bits), 1)
+        out[name] = {
+            "frozen_bits": sum(float(b.sum(dtype=torch.int64)) for b in bits) / total,
+            "frac_frozen": sum(int((b > 0).sum()) for b in bits) / total,
+            "freezes": float(layer.freezes.item()),
+        }
     return out
 
 

@@ -56,7 +56,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from blip_rl.fisher import estimate_fisher
-from blip_rl.quant import BlipConv2d, BlipLayer, BlipLinear, blip_layers, constrain_
+from blip_rl.quant import BlipConv2d, BlipLayer, BlipLinear, blip_layers, constrain_, layer_stats
 from blip_rl.quant import freeze as _freeze_bits
 
 try:  # another module of the project; fall back to ValueError when it is absent
@@ -635,22 +635,7 @@ def blip_layer_stats(policy: nn.Module) -> dict[str, dict[str, float]]:
     """Per BLIP layer (weight and bias together), keyed by :func:`short_layer_name`:
     ``frozen_bits`` (mean frozen bits per scalar), ``frac_frozen`` (fraction of scalars with a
     frozen bit) and ``freezes``."""
-    out: dict[str, dict[str, float]] = {}
-    for name, layer in blip_layers(policy):
-        total = 0
-        bit_sum = 0.0
-        frozen = 0
-        for p in layer.quantized_names:
-            bits = getattr(layer, f"{p}_bits")
-            total += bits.numel()
-            bit_sum += float(bits.sum(dtype=torch.int64).item())
-            frozen += int((bits > 0).sum().item())
-        out[short_layer_name(name)] = {
-            "frozen_bits": bit_sum / max(total, 1),
-            "frac_frozen": frozen / max(total, 1),
-            "freezes": float(layer.freezes.item()),
-        }
-    return out
+    return {short_layer_name(name): v for name, v in layer_stats(policy).items()}
 
 
 def record_blip_stats(logger: Logger, policy: nn.Module) -> None:

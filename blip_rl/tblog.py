@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from blip_rl.quant import blip_stats
+from blip_rl.quant import layer_stats
 
 __all__ = ["TBLogger", "matrix_markdown", "matrix_png"]
 
@@ -85,16 +85,9 @@ class TBLogger:
         self.scalars({f"loss/{k}": v for k, v in losses.items()}, step)
 
     def blip(self, net: nn.Module, step: int, memory_bytes_per_param: float) -> None:
-        per_layer: dict[str, list[Any]] = {}
-        for s in blip_stats(net):
-            layer = s.name.rsplit(".", 1)[0]
-            per_layer.setdefault(layer, []).append(s)
-        for layer, stats in per_layer.items():
-            n = sum(s.numel for s in stats)
-            mean = sum(s.mean_bits * s.numel for s in stats) / n
-            frac = sum(s.frac_frozen * s.numel for s in stats) / n
-            self.writer.add_scalar(f"blip/{layer}/frozen_bits", mean, step)
-            self.writer.add_scalar(f"blip/{layer}/frac_frozen", frac, step)
+        for layer, stats in layer_stats(net).items():
+            self.writer.add_scalar(f"blip/{layer}/frozen_bits", stats["frozen_bits"], step)
+            self.writer.add_scalar(f"blip/{layer}/frac_frozen", stats["frac_frozen"], step)
         self.writer.add_scalar("blip/memory_bytes_per_param", memory_bytes_per_param, step)
 
     def matrix(self, matrix: Sequence[Sequence[float]], games: Sequence[str], step: int) -> None:
