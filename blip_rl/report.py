@@ -48,6 +48,7 @@ import numpy as np
 from blip_rl import metrics
 from blip_rl.errors import UsageError, cli
 from blip_rl.files import atomic_write
+from blip_rl.plots import heatmap, matrix_markdown, pyplot
 
 __all__ = ["RunData", "build_report", "compare_runs", "load_run", "main", "run_metrics"]
 
@@ -249,21 +250,12 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 # ------------------------------------------------------------------------------------ writing
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    _plt().close(fig)
+    pyplot().close(fig)
     atomic_write(path, buf.getvalue())
 
 
@@ -273,30 +265,9 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-def _heatmap(ax: Any, matrix: list[list[float]], games: list[str], title: str, digits: int) -> Any:
-    m = np.asarray(matrix, dtype=float)
-    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(games)), games, rotation=45, ha="right")
-    ax.set_yticks(
-        range(m.shape[0]), [f"after {i + 1}. {g}" for i, g in enumerate(games[: m.shape[0]])]
-    )
-    ax.set_xlabel("evaluated on")
-    finite = m[np.isfinite(m)]
-    mid = float(finite.min() + finite.max()) / 2 if finite.size else 0.0
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if np.isfinite(m[i, j]):
-                color = "black" if m[i, j] > mid else "white"
-                ax.text(
-                    j, i, f"{m[i, j]:.{digits}f}", ha="center", va="center", color=color, fontsize=8
-                )
-    ax.set_title(title)
-    return im
-
-
 def plot_matrix(run: RunData, path: Path) -> None:
     """The evaluation matrix (and its human-normalized version when available) as PNG."""
-    plt = _plt()
+    plt = pyplot()
     panels = [("return", run.matrix, 1)]
     if run.matrix_normalized is not None and np.isfinite(np.asarray(run.matrix_normalized)).any():
         panels.append(("human-normalized", run.matrix_normalized, 2))
@@ -305,7 +276,7 @@ def plot_matrix(run: RunData, path: Path) -> None:
         1, len(panels), figsize=(len(panels) * (2.5 + 1.0 * n), 1.6 + 0.8 * n), squeeze=False
     )
     for ax, (title, matrix, digits) in zip(axes[0], panels, strict=True):
-        im = _heatmap(ax, matrix, run.games, title, digits)
+        im = heatmap(ax, matrix, run.games, title, digits)
         fig.colorbar(im, ax=ax)
     fig.suptitle(f"{run.path.name}: R[i][j] = {panels[0][0]} on game j after training game i")
     fig.tight_layout()
@@ -330,7 +301,7 @@ def _shade_games(ax: Any, run: RunData) -> None:
 
 def plot_curves(run: RunData, path: Path) -> None:
     """Every game's evaluation return over the run (global steps), one line per game."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     _shade_games(ax, run)
     for g, (steps, values) in metrics.curves_by_game(run.evals).items():
@@ -341,13 +312,6 @@ def plot_curves(run: RunData, path: Path) -> None:
     ax.set_title(f"{run.path.name}: every game, evaluated along the sequence", pad=16)
     fig.tight_layout()
     _save(fig, path)
-
-
-def _matrix_md(matrix: list[list[float]], games: list[str], digits: int) -> str:
-    lines = ["| after \\ on | " + " | ".join(games) + " |", "|---" * (len(games) + 1) + "|"]
-    for i, row in enumerate(matrix):
-        lines.append(f"| {i + 1}. {games[i]} | " + " | ".join(_fmt(v, digits) for v in row) + " |")
-    return "\n".join(lines)
 
 
 _SCALARS = [
@@ -370,10 +334,15 @@ def summary_markdown(run: RunData, m: dict[str, Any]) -> str:
         lines.append(f"\n**Incomplete run**: {len(run.matrix)} of {len(run.games)} games finished.")
     if not math.isnan(run.memory_bytes_per_param):
         lines.append(f"\nmethod memory: {run.memory_bytes_per_param:.2f} bytes per parameter")
-    lines += ["", "## Evaluation matrix (return)", "", _matrix_md(run.matrix, run.games, 1)]
+    lines += [
+        "",
+        "## Evaluation matrix (return)",
+        "",
+        matrix_markdown(run.matrix, run.games, 1, "–"),
+    ]
     if run.matrix_normalized is not None:
         lines += ["", "## Evaluation matrix (human-normalized)", ""]
-        lines.append(_matrix_md(run.matrix_normalized, run.games, 3))
+        lines.append(matrix_markdown(run.matrix_normalized, run.games, 3, "–"))
     lines += ["", "## Metrics", "", "| metric | return | human-normalized |", "|---|---|---|"]
     raw, norm = m.get("raw", {}), m.get("normalized", {})
     for key, label in _SCALARS:
@@ -569,7 +538,7 @@ def compare_runs(runs: Sequence[RunData], out: Path) -> list[Path]:
 
 def plot_comparison(groups: dict[str, list[RunData]], games: list[str], path: Path) -> None:
     """Per game, each group's mean evaluation curve across seeds with a +-1 std band."""
-    plt = _plt()
+    plt = pyplot()
     cols = min(3, len(games))
     rows = math.ceil(len(games) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.3 * rows), squeeze=False)

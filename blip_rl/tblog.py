@@ -20,45 +20,10 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from blip_rl.plots import matrix_markdown, matrix_png
 from blip_rl.quant import layer_stats
 
-__all__ = ["TBLogger", "matrix_markdown", "matrix_png"]
-
-
-def matrix_markdown(matrix: Sequence[Sequence[float]], games: Sequence[str]) -> str:
-    """The evaluation matrix as a Markdown table (rows: after training game i)."""
-    head = "| after \\ on | " + " | ".join(games) + " |"
-    sep = "|---" * (len(games) + 1) + "|"
-    rows = []
-    for i, row in enumerate(matrix):
-        cells = " | ".join("" if math.isnan(v) else f"{v:.1f}" for v in row)
-        rows.append(f"| {i + 1}. {games[i]} | {cells} |")
-    return "\n".join([head, sep, *rows])
-
-
-def matrix_png(matrix: Sequence[Sequence[float]], games: Sequence[str], title: str) -> bytes:
-    """A heatmap of the evaluation matrix as PNG bytes (matplotlib, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(games), 1.0 + 0.9 * len(games)))
-    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis")
-    ax.set_xticks(range(len(games)), games, rotation=45, ha="right")
-    ax.set_yticks(range(m.shape[0]), [f"after {g}" for g in games[: m.shape[0]]])
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if not math.isnan(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+__all__ = ["TBLogger"]
 
 
 class TBLogger:

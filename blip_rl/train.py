@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     m = summary["metrics"]
     print(f"\nrun folder: {run_dir}")
     if "matrix" in m:
-        from blip_rl.tblog import matrix_markdown
+        from blip_rl.plots import matrix_markdown
 
         print(matrix_markdown(m["matrix"], m["games"]))
     for key in ("average_final_return", "average_forgetting", "backward_transfer"):
