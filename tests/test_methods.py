@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny import TINY as BASE
 from torch import nn
 
 from blip_rl.config import RunConfig
@@ -28,18 +29,7 @@ from blip_rl.methods.ewc import EwcConfig, parameter_fisher, policy_fisher
 from blip_rl.nets import ActorCritic, NetConfig
 from blip_rl.train import main
 
-TINY = [
-    "--games", "pong,breakout",
-    "--num-envs", "2",
-    "--num-steps", "32",
-    "--num-minibatches", "2",
-    "--update-epochs", "1",
-    "--eval-episodes", "1",
-    "--max-episode-frames", "160",
-    "--steps-per-game", "64",
-    "--eval-every", "0",
-    "--no-progress",
-]  # fmt: skip
+TINY = [*BASE, "--steps-per-game", "64", "--eval-every", "0"]
 SMALL = NetConfig(blip=False, channels=(4, 8, 8), hidden=16)
 
 

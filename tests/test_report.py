@@ -11,24 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny import TINY as BASE
 
 from blip_rl import metrics
 from blip_rl.report import main as report
 from blip_rl.train import main as train
 
-TINY = [
-    "--games", "pong,breakout",
-    "--num-envs", "2",
-    "--num-steps", "16",
-    "--num-minibatches", "2",
-    "--update-epochs", "1",
-    "--eval-episodes", "1",
-    "--max-episode-frames", "160",
-    "--steps-per-game", "64",
-    "--eval-every", "32",
-    "--no-progress",
-    "--agent", "finetune",
-]  # fmt: skip
+TINY = [*BASE, "--num-steps", "16", "--steps-per-game", "64", "--eval-every", "32"]
+TINY += ["--agent", "finetune"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

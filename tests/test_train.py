@@ -13,21 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny import TINY
 
 from blip_rl.config import RunConfig
 from blip_rl.continual import ContinualRun, load_checkpoint
 from blip_rl.train import main
 
-TINY = [
-    "--games", "pong,breakout",
-    "--num-envs", "2",
-    "--num-steps", "32",
-    "--num-minibatches", "2",
-    "--update-epochs", "1",
-    "--eval-episodes", "1",
-    "--max-episode-frames", "160",
-    "--no-progress",
-]  # fmt: skip
 BLIP = ["--fisher-states", "96"]
 
 
