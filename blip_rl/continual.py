@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -365,9 +365,7 @@ class ContinualRun:
                 head=head,
                 total_steps=cfg.steps_per_game,
                 device=self.device,
-                extra_loss=cast(Callable[[], torch.Tensor], self.method.extra_loss)
-                if type(self.method).extra_loss is not ContinualMethod.extra_loss
-                else None,
+                extra_loss=self.method.extra_loss,
             )
             if self.ppo_state is not None and prog.step_in_game > 0:
                 ppo.load_state_dict(self.ppo_state)

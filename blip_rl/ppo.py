@@ -313,8 +313,9 @@ class PPO:
         total_steps: env steps (all envs) planned for this game; the learning rate reaches 0
             there. Also the default length of :meth:`train`.
         device: torch device of the network and the storage.
-        extra_loss: optional ``() -> scalar tensor`` added to each minibatch loss (a continual
-            method's regulariser); its value is reported as ``"extra"``.
+        extra_loss: optional ``() -> scalar tensor or None`` added to each minibatch loss (a
+            continual method's regulariser; None adds nothing); its value is reported as
+            ``"extra"``.
 
     Typical use::
 
@@ -335,7 +336,7 @@ class PPO:
         head: int,
         total_steps: int,
         device: torch.device | str = "cpu",
-        extra_loss: Callable[[], torch.Tensor] | None = None,
+        extra_loss: Callable[[], torch.Tensor | None] | None = None,
     ) -> None:
         config.validate()
         if not 0 <= head < net.num_heads:
@@ -523,8 +524,9 @@ class PPO:
                 entropy_loss = entropy.mean()
                 loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
                 extra = torch.zeros(())
-                if self.extra_loss is not None:
-                    extra = self.extra_loss()
+                term = self.extra_loss() if self.extra_loss is not None else None
+                if term is not None:
+                    extra = term
                     loss = loss + extra
 
                 self.optimizer.zero_grad(set_to_none=True)
