@@ -28,7 +28,6 @@ __all__ = [
     "add_dataclass_flags",
     "list_agents",
     "load_agent",
-    "section_classes",
 ]
 
 # PPOConfig fields that have a dedicated top-level flag instead of a generated one.
@@ -139,14 +138,6 @@ class RunConfig:
 
     def method_config_object(self) -> Any:
         return METHODS[self.method].config_class(**self.method_config)
-
-
-def section_classes() -> dict[str, type]:
-    """Preset section -> dataclass: net, ppo and each method's config class."""
-    out: dict[str, type] = {"net": NetConfig, "ppo": PPOConfig}
-    for name, cls in METHODS.items():
-        out[f"method:{name}"] = cls.config_class
-    return out
 
 
 def _flag(name: str) -> str:
