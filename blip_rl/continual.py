@@ -47,7 +47,7 @@ from blip_rl.errors import UsageError
 from blip_rl.files import atomic_write
 from blip_rl.methods import METHODS, ContinualMethod, GameContext
 from blip_rl.nets import ActorCritic
-from blip_rl.ppo import PPO
+from blip_rl.ppo import PPO, autocast_dtype
 from blip_rl.tblog import TBLogger
 
 __all__ = ["CHECKPOINT_FORMAT", "ContinualRun", "atomic_write", "load_checkpoint"]
@@ -166,6 +166,8 @@ class ContinualRun:
                 after_game=list(ckpt.get("after_game", [])),
             )
             torch.set_rng_state(ckpt["rng"]["torch"])
+            if ckpt["rng"].get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
             np.random.set_state(ckpt["rng"]["numpy"])  # noqa: NPY002 - global state
             random.setstate(ckpt["rng"]["python"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
@@ -184,6 +186,7 @@ class ContinualRun:
             "method": self.method.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "numpy": np.random.get_state(),  # noqa: NPY002
                 "python": random.getstate(),
             },
@@ -201,12 +204,14 @@ class ContinualRun:
     # ------------------------------------------------------------------------------ evaluation
     def _policy_fn(self, head: int) -> Callable[[np.ndarray], np.ndarray]:
         net = self.net
-        use_bf16 = self.ppo_config.precision == "bf16"
+        dtype = autocast_dtype(self.ppo_config.precision, self.device)  # as PPO trains
 
         def act(obs: np.ndarray) -> np.ndarray:
             with (
                 torch.inference_mode(),
-                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16),
+                torch.autocast(
+                    self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
+                ),
             ):
                 x = torch.as_tensor(obs, device=self.device)
                 action = net.get_action_and_value(x, head)[0]
@@ -297,10 +302,14 @@ class ContinualRun:
         self, recent: list[torch.Tensor], game_index: int
     ) -> Callable[[int], torch.Tensor]:
         def get(n: int) -> torch.Tensor:
-            states = torch.cat(recent)[-n:] if recent else torch.empty(0, dtype=torch.uint8)
+            states = (
+                torch.cat(recent)[-n:]
+                if recent
+                else torch.empty(0, dtype=torch.uint8, device=self.device)
+            )
             if len(states) >= n:
                 return states
-            extra = self._policy_states(game_index, n - len(states))
+            extra = self._policy_states(game_index, n - len(states)).to(states.device)
             return torch.cat([states, extra]) if len(states) else extra
 
         return get

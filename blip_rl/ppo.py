@@ -62,6 +62,7 @@ __all__ = [
     "IterationResult",
     "RolloutStorage",
     "VectorEnvLike",
+    "autocast_dtype",
     "bf16_supported",
     "compute_gae",
     "finished_episodes",
@@ -210,6 +211,14 @@ def bf16_supported() -> bool:
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool((check is not None and check()) or (amx is not None and amx()))
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype that ``precision`` means on ``device``: bfloat16 for "bf16" on a GPU or
+    on a CPU with native bf16, else None (float32). Training and evaluation both use it."""
+    if precision == "bf16" and (torch.device(device).type != "cpu" or bf16_supported()):
+        return torch.bfloat16
+    return None
 
 
 @torch.no_grad()
@@ -367,16 +376,13 @@ class PPO:
         self.extra_loss = extra_loss
         if config.channels_last:
             net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.autocast_dtype: torch.dtype | None = None
-        if config.precision == "bf16":
-            if self.device.type != "cpu" or bf16_supported():
-                self.autocast_dtype = torch.bfloat16
-            else:
-                warnings.warn(
-                    "precision='bf16': this CPU has no native bf16, using float32",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+        self.autocast_dtype = autocast_dtype(config.precision, self.device)
+        if config.precision == "bf16" and self.autocast_dtype is None:
+            warnings.warn(
+                "precision='bf16': this CPU has no native bf16, using float32",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.optimizer = torch.optim.Adam(
             net.parameters(), lr=config.learning_rate, eps=config.adam_eps
         )
@@ -487,13 +493,14 @@ class PPO:
         b_values = s.values.flatten()
         index = torch.nonzero(s.valid.flatten()).squeeze(1)
         num_mb = min(cfg.num_minibatches, max(1, index.numel()))
-        sums = torch.zeros(6, dtype=torch.float64)  # policy, value, entropy, kl, clipfrac, extra
+        # policy, value, entropy, kl, clipfrac, extra
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
         count = 0
         params = [p for p in net.parameters()]
         net.train()
         for _epoch in range(cfg.update_epochs):
             perm = index[torch.randperm(index.numel(), device=index.device)]
-            approx_kl = torch.zeros(())
+            approx_kl = torch.zeros((), device=self.device)
             for mb in torch.tensor_split(perm, num_mb):
                 with self._autocast():
                     _, newlogprob, entropy, newvalue = net.get_action_and_value(
@@ -523,7 +530,7 @@ class PPO:
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
-                extra = torch.zeros(())
+                extra = torch.zeros((), device=self.device)
                 term = self.extra_loss() if self.extra_loss is not None else None
                 if term is not None:
                     extra = term
@@ -546,7 +553,7 @@ class PPO:
         means = (sums / max(count, 1)).tolist()
         with torch.no_grad():
             y_pred, y_true = b_values[index], b_returns[index]
-            var_y = y_true.var() if y_true.numel() > 1 else torch.zeros(())
+            var_y = y_true.var() if y_true.numel() > 1 else torch.zeros((), device=self.device)
             ev = float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
         names = ("policy", "value", "entropy", "approx_kl", "clipfrac", "extra")
         out = dict(zip(names, means, strict=True))

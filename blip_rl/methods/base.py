@@ -129,17 +129,24 @@ def rollout_fisher(
     gradients, term by term). Computed in float32, one forward per chunk.
     """
     net_was_training = net.training
+    device = next(net.parameters()).device
+    states = states.to(device)
+    # Actions are drawn on the generator's device (the CPU for a CPU generator): the same seed
+    # draws the same actions whether the net runs on a CPU or a GPU.
+    draw_on = generator.device if generator is not None else device
     net.eval()
     try:
         with torch.no_grad():
             actions = torch.cat(
                 [
                     torch.multinomial(
-                        torch.softmax(net(chunk, head)[0].float(), -1), 1, generator=generator
+                        torch.softmax(net(chunk, head)[0].float(), -1).to(draw_on),
+                        1,
+                        generator=generator,
                     ).squeeze(1)
                     for chunk in states.split(chunk_size)
                 ]
-            )
+            ).to(device)
 
         def loglik(m: torch.nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
             logits, value = m(obs, head)
@@ -165,7 +172,8 @@ def game_fisher(
     game's last ``config.fisher_states`` training states, with the action sampling seeded by the
     game's position (so a resumed run draws the same actions). Returns (Fisher, states used)."""
     states = ctx.fisher_states(config.fisher_states)
-    generator = torch.Generator().manual_seed(1_000_003 * (ctx.game_index + 1))
+    # A CPU generator on purpose: the actions drawn do not depend on the net's device.
+    generator = torch.Generator(device="cpu").manual_seed(1_000_003 * (ctx.game_index + 1))
     fisher = rollout_fisher(
         ctx.net,
         ctx.head,
