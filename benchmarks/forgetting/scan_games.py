@@ -1,0 +1,284 @@
+"""Game scan: which Atari games does plain PPO learn within 100k-300k env steps on this protocol?
+
+Runs one single-game training run per game with the plain network (``--agent finetune``,
+sticky actions off as in Gymnasium's ``v4`` envs, the CLI's other defaults), one after the other,
+in its own run folder ``<runs-dir>/<game>-s<seed>-<steps>``. A game whose run folder already has
+a ``summary.json`` is not trained again, so the scan can be stopped and restarted at any time,
+and a longer scan (e.g. ``--steps 300000``) can be added later. After each game the table
+``game_scan.md`` is rewritten from every run folder found under ``--runs-dir``.
+
+The table reports, per game, the evaluation return at 100k and at 300k env steps (mean over the
+evaluation episodes, with its standard error), the published random and human scores
+(``blip_rl.atari.reference_scores``), the human-normalized score and a verdict:
+
+* ``learned``: the return is above random by more than 2 standard errors and by at least 10% of
+  the random-to-human gap (the bar for a game on which forgetting can be measured);
+* ``weak``: above random by more than 2 standard errors, but by less than 10% of the gap;
+* ``no``: within 2 standard errors of random (or below).
+
+Usage (one core, one thread)::
+
+    OMP_NUM_THREADS=1 python benchmarks/forgetting/scan_games.py \\
+        --games boxing,krull,road_runner --steps 100000 --seed 1
+
+    python benchmarks/forgetting/scan_games.py --table-only   # rebuild the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+DEFAULT_GAMES = (
+    "boxing,krull,road_runner,kangaroo,crazy_climber,atlantis,freeway,enduro,breakout,pong"
+)
+#: Fraction of the random-to-human gap a game must gain to count as learned.
+LEARNED_FRACTION = 0.10
+
+
+@dataclass
+class Point:
+    """One evaluation of one run: mean return, standard error, number of episodes."""
+
+    game: str
+    seed: int
+    run_steps: int
+    step: int
+    mean: float
+    sem: float
+    episodes: int
+    wall_s: float | None
+
+
+def run_folder(runs_dir: Path, game: str, seed: int, steps: int) -> Path:
+    """The run folder of one scan run."""
+    return runs_dir / f"{game}-s{seed}-{steps}"
+
+
+def train_one(
+    game: str, seed: int, steps: int, runs_dir: Path, eval_episodes: int, eval_every: int
+) -> int:
+    """Train ``game`` alone with the plain network; returns the CLI's exit code."""
+    folder = run_folder(runs_dir, game, seed, steps)
+    if (folder / "summary.json").exists():
+        return 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "blip_rl.train",
+        "--games",
+        game,
+        "--agent",
+        "finetune",
+        "--sticky-actions",
+        "0",
+        "--steps-per-game",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--num-envs",
+        "8",
+        "--eval-every",
+        str(eval_every),
+        "--eval-episodes",
+        str(eval_episodes),
+        "--env-threads",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        folder.name,
+    ]
+    if folder.exists():  # killed earlier: continue it
+        cmd = [*cmd[:3], "--resume", str(folder), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    print(f"[scan] {time.strftime('%H:%M:%S')} {' '.join(cmd)}", flush=True)
+    return subprocess.call(cmd, cwd=REPO, env=env)
+
+
+def episode_returns(folder: Path) -> dict[int, list[float]]:
+    """Per-evaluation episode returns (keyed by global step) from the run's last checkpoint.
+
+    ``evals.csv`` holds only the mean; the episode returns (for the standard error) are kept in
+    the checkpoint's evaluation history.
+    """
+    ckpts = sorted((folder / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    if not ckpts:
+        return {}
+    import torch
+
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    out: dict[int, list[float]] = {}
+    for e in state.get("evals", []):
+        if e.get("returns"):
+            out[int(e["global_step"])] = [float(r) for r in e["returns"]]
+    return out
+
+
+def read_points(runs_dir: Path) -> list[Point]:
+    """Every finished evaluation of every single-game scan run under ``runs_dir``."""
+    points: list[Point] = []
+    for summary_path in sorted(runs_dir.glob("*/summary.json")):
+        folder = summary_path.parent
+        summary = json.loads(summary_path.read_text())
+        if len(summary["games"]) != 1:
+            continue
+        game = summary["games"][0]
+        returns = episode_returns(folder)
+        with open(folder / "evals.csv") as f:
+            for row in csv.DictReader(f):
+                step = int(row["global_step"])
+                eps = returns.get(step, [])
+                n = len(eps)
+                mean = float(row["return"])
+                sem = _sem(eps)
+                points.append(
+                    Point(
+                        game=game,
+                        seed=int(summary["seed"]),
+                        run_steps=int(summary["steps_per_game"]),
+                        step=step,
+                        mean=mean,
+                        sem=sem,
+                        episodes=n,
+                        wall_s=float(summary.get("wall_time_s", math.nan)),
+                    )
+                )
+    return points
+
+
+def _sem(values: list[float]) -> float:
+    if len(values) < 2:
+        return math.nan
+    m = sum(values) / len(values)
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+    return math.sqrt(var / len(values))
+
+
+def verdict(mean: float, sem: float, ref: tuple[float, float] | None) -> str:
+    """``learned``, ``weak`` or ``no`` (see the module docstring); ``?`` without references."""
+    if ref is None:
+        return "?"
+    rnd, human = ref
+    margin = 2 * (sem if not math.isnan(sem) else 0.0)
+    if mean - rnd <= margin:
+        return "no"
+    return "learned" if (mean - rnd) >= LEARNED_FRACTION * (human - rnd) else "weak"
+
+
+def table(points: list[Point]) -> str:
+    """The markdown table: one row per game and seed, columns at 100k and 300k env steps."""
+    from blip_rl.atari import reference_scores
+
+    by_key: dict[tuple[str, int], dict[int, Point]] = {}
+    for p in points:
+        cur = by_key.setdefault((p.game, p.seed), {})
+        # at equal step, prefer the evaluation with more episodes (then the shorter run)
+        old = cur.get(p.step)
+        if old is None or (p.episodes, -p.run_steps) > (old.episodes, -old.run_steps):
+            cur[p.step] = p
+
+    def cell(p: Point | None, ref: tuple[float, float] | None) -> tuple[str, str, str]:
+        if p is None:
+            return "-", "-", "-"
+        score = f"{p.mean:.1f} ± {p.sem:.1f}" if not math.isnan(p.sem) else f"{p.mean:.1f}"
+        norm = "-" if ref is None else f"{(p.mean - ref[0]) / (ref[1] - ref[0]):.2f}"
+        return score, norm, verdict(p.mean, p.sem, ref)
+
+    lines = [
+        "| game | seed | random | human | return @100k | norm | learned? "
+        "| return @300k | norm | learned? | episodes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (game, seed), evals in sorted(by_key.items()):
+        ref = reference_scores(game)
+        rnd, hum = ("-", "-") if ref is None else (f"{ref[0]:g}", f"{ref[1]:g}")
+        p100, p300 = evals.get(100_000), evals.get(300_000)
+        eps = sorted({p.episodes for p in evals.values()})
+        lines.append(
+            f"| {game} | {seed} | {rnd} | {hum} | "
+            + " | ".join(cell(p100, ref))
+            + " | "
+            + " | ".join(cell(p300, ref))
+            + f" | {','.join(map(str, eps))} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(runs_dir: Path, out: Path, command: str) -> None:
+    """Rewrite ``out`` (markdown) from every scan run under ``runs_dir``."""
+    points = read_points(runs_dir)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    text = f"""# Game scan: which games plain PPO learns within 100k-300k env steps
+
+Generated by `benchmarks/forgetting/scan_games.py` (rewritten after each game). Protocol: one
+game alone, plain network (`--agent finetune`), sticky actions off (`--sticky-actions 0`, as
+Gymnasium's `v4` envs and SB3's Atari benchmarks), 8 envs, the CLI's PPO defaults, one seed,
+evaluation on whole games (all lives, sampled actions) with the episode count in the last
+column. Score: mean ± standard error over the evaluation episodes. `norm`:
+(score - random) / (human - random) with the published random and human scores
+(`blip_rl/presets/envs/scores.toml`).
+
+`learned?`: **learned** when the score is above random by more than 2 standard errors and by at
+least {LEARNED_FRACTION:.0%} of the random-to-human gap; **weak** when above random by more than
+2 standard errors but by less; **no** otherwise. One seed per game: a screening, not a result
+(seeds decide a lot at these budgets, see issue 9).
+
+Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores shared with other work
+(one torch thread, one emulator thread). Commit at table time: `{commit}`.
+Command: `{command}`
+
+{table(points)}
+"""
+    out.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--games", default=DEFAULT_GAMES, help="comma-separated games, in order")
+    ap.add_argument("--steps", type=int, default=100_000, help="env steps per game")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--eval-episodes", type=int, default=8)
+    ap.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="evaluate every N env steps (default: 100000 if the run is longer, else at the end)",
+    )
+    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "forgetting" / "scan")
+    ap.add_argument("--out", type=Path, default=HERE / "game_scan.md")
+    ap.add_argument("--table-only", action="store_true", help="only rebuild the table")
+    args = ap.parse_args()
+    command = "python benchmarks/forgetting/scan_games.py " + " ".join(sys.argv[1:])
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        write_report(args.runs_dir, args.out, command)
+        return
+    every = args.eval_every
+    if every is None:
+        every = 100_000 if args.steps > 100_000 else 0
+    for game in [g.strip() for g in args.games.split(",") if g.strip()]:
+        t0 = time.perf_counter()
+        rc = train_one(game, args.seed, args.steps, args.runs_dir, args.eval_episodes, every)
+        print(f"[scan] {game}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+        write_report(args.runs_dir, args.out, command)
+
+
+if __name__ == "__main__":
+    main()
