@@ -1,0 +1,600 @@
+"""Forgetting, retention and plasticity from blip-rl run folders, with IQM and bootstrap CIs.
+
+Reads run folders only (``config.json``, ``summary.json`` / ``metrics.json``, ``evals.csv`` and
+the after-game checkpoints for the per-episode returns); never trains. The quantities follow
+the project's measurement protocol (``benchmarks/forgetting/README.md``):
+
+* ``R[i][j]``: the evaluation return on game ``j`` after training game ``i`` (``K`` games), with
+  its standard error ``se[i][j]`` over the evaluation episodes; ``r_j``, ``h_j``: the published
+  random and human scores.
+* **gain** ``G_j = R[j][j] - r_j``. Game ``j`` counts as **learned** in a run when
+  ``G_j > 2 * se[j][j]`` (above random by more than two standard errors of its own evaluation)
+  and ``G_j > LEARNED_MIN_FRACTION * (h_j - r_j)`` (a floor for evaluations whose episodes all
+  scored the same, so their standard error is 0). Otherwise the game is "not learned": its
+  forgetting and retention are undefined (NaN), never 0.
+* **forgetting** ``F_j = (max_{j <= i < K-1} R[i][j] - R[K-1][j]) / G_j`` for ``j < K-1``
+  (Chaudhry et al. 2018, divided by the gain so games of different scales average; negative
+  when the game improved later). **Retention** ``1 - F_j``.
+* **plasticity** ``P_j = G_j / (S_j - r_j)`` for ``j > 0``, where ``S_j`` is the mean final
+  return of the from-scratch single-game runs on ``j`` with the same budget (``--scratch``; all
+  their seeds, so the denominator is the expected from-scratch score rather than one seed's
+  draw). Undefined when the from-scratch runs did not learn the game.
+* **average final normalized score**: ``mean_j (R[K-1][j] - r_j) / (h_j - r_j)``.
+
+Aggregates per group (one agent and its settings on one game sequence): the interquartile mean
+(IQM: the mean of the middle 50% of the pooled seed x game values, ``trim_mean(x, 0.25)``) with a
+95% stratified percentile bootstrap CI (Agarwal et al. 2021): each bootstrap sample redraws the
+seeds with replacement independently per game, then recomputes the IQM; NaN values (not learned)
+are left out of each sample. Also the plain mean with the same bootstrap.
+
+    python benchmarks/forgetting/analyze.py runs/forgetting/evidence/*  \\
+        --scratch runs/forgetting/scratch/* --out benchmarks/forgetting/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blip_rl.atari import reference_scores
+from blip_rl.errors import UsageError
+from blip_rl.plots import heatmap, pyplot
+from blip_rl.report import RunData, group_runs, load_run, plot_comparison
+
+#: A learned game gains at least this fraction of its random-to-human gap (see module doc).
+LEARNED_MIN_FRACTION = 0.02
+#: Standard errors a learned gain must exceed.
+LEARNED_SE = 2.0
+
+Stat = Callable[[np.ndarray], float]
+
+
+# ------------------------------------------------------------------------------- statistics
+def iqm(values: np.ndarray) -> float:
+    """Interquartile mean of the finite values: drop ``floor(0.25 n)`` from each end, average
+    the rest (``scipy.stats.trim_mean(x, 0.25)``). NaN when there is no finite value."""
+    x = np.sort(np.asarray(values, dtype=float).ravel())
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan
+    cut = int(0.25 * x.size)
+    return float(x[cut : x.size - cut].mean())
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite values (NaN when none)."""
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def stratified_bootstrap_ci(
+    scores: np.ndarray,
+    stat: Stat = iqm,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(point, low, high)``: ``stat`` of ``scores`` and its percentile bootstrap interval.
+
+    ``scores`` is ``(runs, tasks)`` (seeds x games); NaN marks an undefined entry. Each bootstrap
+    sample draws, for every task (column) independently, ``runs`` rows with replacement
+    (stratified by task, as ``rliable``), and applies ``stat`` to the whole resampled array.
+    With a single run per task every sample equals the data, so the interval collapses to the
+    point: one seed gives no interval, by construction.
+    """
+    data = np.asarray(scores, dtype=float)
+    if data.ndim == 1:
+        data = data[:, None]
+    point = stat(data)
+    if math.isnan(point):
+        return math.nan, math.nan, math.nan
+    n_runs, n_tasks = data.shape
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n_runs, size=(reps, n_runs, n_tasks))
+    cols = np.arange(n_tasks)[None, None, :]
+    samples = data[idx, cols]  # (reps, runs, tasks)
+    stats = np.array([stat(s) for s in samples])
+    stats = stats[np.isfinite(stats)]
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    return float(point), float(low), float(high)
+
+
+def gains(matrix: np.ndarray, random: np.ndarray) -> np.ndarray:
+    """``G_j = R[j][j] - r_j`` for every game with a row (NaN for the others)."""
+    m = np.asarray(matrix, dtype=float)
+    k = m.shape[1]
+    g = np.full(k, math.nan)
+    for j in range(min(m.shape[0], k)):
+        g[j] = m[j, j] - random[j]
+    return g
+
+
+def learned(
+    gain: np.ndarray, se_diag: np.ndarray, random: np.ndarray, human: np.ndarray
+) -> np.ndarray:
+    """Boolean per game: the gain exceeds ``LEARNED_SE`` standard errors of the game's own
+    evaluation and ``LEARNED_MIN_FRACTION`` of its random-to-human gap. A NaN standard error
+    (the episode returns are unknown) counts as 0; a NaN human score drops the floor."""
+    se = np.nan_to_num(np.asarray(se_diag, dtype=float), nan=0.0)
+    floor = np.nan_to_num(LEARNED_MIN_FRACTION * (human - random), nan=0.0)
+    g = np.asarray(gain, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(g) & (g > LEARNED_SE * se) & (g > floor)
+
+
+def forgetting_fraction(matrix: np.ndarray, gain: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``F_j = (max_{j <= i < K-1} R[i][j] - R[K-1][j]) / G_j`` for learned ``j < K-1``; NaN
+    for the last game, for unlearned games and for an unfinished run (fewer than ``K`` rows)."""
+    m = np.asarray(matrix, dtype=float)
+    k = m.shape[1]
+    out = np.full(k, math.nan)
+    if m.shape[0] < k:
+        return out
+    for j in range(k - 1):
+        if ok[j]:
+            out[j] = (np.max(m[j : k - 1, j]) - m[k - 1, j]) / gain[j]
+    return out
+
+
+def plasticity(
+    gain: np.ndarray, random: np.ndarray, scratch: np.ndarray, scratch_ok: np.ndarray
+) -> np.ndarray:
+    """``P_j = G_j / (S_j - r_j)`` for ``j > 0`` whose from-scratch score ``S_j`` learned the
+    game; NaN otherwise (and for game 0, which starts from scratch in every method)."""
+    out = np.full(len(gain), math.nan)
+    for j in range(1, len(gain)):
+        if scratch_ok[j] and np.isfinite(scratch[j]):
+            out[j] = gain[j] / (scratch[j] - random[j])
+    return out
+
+
+def normalized(values: np.ndarray, random: np.ndarray, human: np.ndarray) -> np.ndarray:
+    """``(x - r) / (h - r)`` (NaN where there are no reference scores)."""
+    return (np.asarray(values, dtype=float) - random) / (human - random)
+
+
+# --------------------------------------------------------------------------------- reading
+def _sem(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return math.nan
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def episode_returns(run: Path) -> dict[tuple[int, str], list[float]]:
+    """``(after_game, game) -> episode returns`` of the after-game evaluations, from the run's
+    newest after-game checkpoint (``evals.csv`` holds means only). Empty when unavailable."""
+    ckpts = sorted(
+        (run / "checkpoints").glob("after-game-*.pt"),
+        key=lambda p: int(p.stem.rsplit("-", 1)[1]),
+    )
+    if not ckpts:
+        return {}
+    import torch
+
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    out: dict[tuple[int, str], list[float]] = {}
+    for e in state.get("evals", []):
+        if e.get("after_game") is not None and e.get("returns"):
+            out[(int(e["after_game"]), str(e["game"]))] = [float(r) for r in e["returns"]]
+    return out
+
+
+@dataclass
+class Run:
+    """One run folder with its matrix, standard errors and reference scores."""
+
+    data: RunData
+    se: np.ndarray
+    random: np.ndarray
+    human: np.ndarray
+
+    @property
+    def games(self) -> list[str]:
+        return self.data.games
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.data.matrix, dtype=float)
+
+    @property
+    def sequence(self) -> str:
+        return ",".join(self.games)
+
+
+def read_run(path: str | Path) -> Run:
+    """Load a run folder (UsageError if it is not one)."""
+    data = load_run(path)
+    k = len(data.games)
+    rets = episode_returns(Path(path))
+    se = np.full((len(data.matrix), k), math.nan)
+    for i in range(len(data.matrix)):
+        for j, g in enumerate(data.games):
+            if (i, g) in rets:
+                se[i, j] = _sem(rets[(i, g)])
+    refs = [reference_scores(g) for g in data.games]
+    random = np.array([math.nan if r is None else r[0] for r in refs])
+    human = np.array([math.nan if r is None else r[1] for r in refs])
+    return Run(data=data, se=se, random=random, human=human)
+
+
+# -------------------------------------------------------------------------------- analysis
+@dataclass
+class GroupResult:
+    """Per-seed, per-game quantities of one group, ``(seeds, games)`` arrays, and aggregates."""
+
+    label: str
+    sequence: list[str]
+    seeds: list[Any]
+    steps_per_game: int
+    diag: np.ndarray
+    final: np.ndarray
+    gain: np.ndarray
+    learned: np.ndarray
+    forgetting: np.ndarray
+    plasticity: np.ndarray
+    final_normalized: np.ndarray
+    aggregates: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    means: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+
+def scratch_scores(
+    scratch: Sequence[Run], games: Sequence[str], steps: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Mean from-scratch final return per game of ``games`` (same ``steps``), whether it was
+    learned (by the same rule, on the mean gain against the pooled standard error), and the
+    number of from-scratch runs per game."""
+    s = np.full(len(games), math.nan)
+    ok = np.zeros(len(games), dtype=bool)
+    counts: dict[str, int] = {}
+    for j, g in enumerate(games):
+        runs = [r for r in scratch if r.games == [g] and r.data.steps_per_game == steps]
+        runs = [r for r in runs if len(r.data.matrix) == 1]
+        counts[g] = len(runs)
+        if not runs:
+            continue
+        finals = np.array([r.matrix[0, 0] for r in runs])
+        s[j] = finals.mean()
+        se = (
+            finals.std(ddof=1) / math.sqrt(len(finals))
+            if len(finals) > 1
+            else float(np.nan_to_num(runs[0].se[0, 0], nan=0.0))
+        )
+        ref = runs[0]
+        ok[j] = bool(
+            learned(
+                np.array([s[j] - ref.random[0]]), np.array([se]), ref.random[:1], ref.human[:1]
+            )[0]
+        )
+    return s, ok, counts
+
+
+def analyze_group(
+    label: str, runs: Sequence[Run], scratch: Sequence[Run], reps: int = 2000
+) -> GroupResult:
+    """Every quantity of the module docstring for one group of runs (same sequence)."""
+    games = runs[0].games
+    k = len(games)
+    steps = runs[0].data.steps_per_game
+    s_scores, s_ok, _ = scratch_scores(scratch, games, steps)
+    rows: dict[str, list[np.ndarray]] = {
+        n: [] for n in ("diag", "final", "gain", "learned", "forgetting", "plasticity", "norm")
+    }
+    for r in runs:
+        m = r.matrix
+        full = m.shape[0] == k
+        g = gains(m, r.random)
+        se_diag = np.array([r.se[j, j] if j < m.shape[0] else math.nan for j in range(k)])
+        ok = learned(g, se_diag, r.random, r.human)
+        rows["diag"].append(np.array([m[j, j] if j < m.shape[0] else math.nan for j in range(k)]))
+        rows["final"].append(m[k - 1] if full else np.full(k, math.nan))
+        rows["gain"].append(g)
+        rows["learned"].append(ok)
+        rows["forgetting"].append(forgetting_fraction(m, g, ok))
+        rows["plasticity"].append(plasticity(g, r.random, s_scores, s_ok))
+        rows["norm"].append(
+            normalized(m[k - 1], r.random, r.human) if full else np.full(k, math.nan)
+        )
+    arr = {n: np.stack(v) for n, v in rows.items()}
+    res = GroupResult(
+        label=label,
+        sequence=games,
+        seeds=[r.data.seed for r in runs],
+        steps_per_game=steps,
+        diag=arr["diag"],
+        final=arr["final"],
+        gain=arr["gain"],
+        learned=arr["learned"].astype(bool),
+        forgetting=arr["forgetting"],
+        plasticity=arr["plasticity"],
+        final_normalized=arr["norm"],
+    )
+    quantities = {
+        "forgetting": res.forgetting,
+        "retention": 1 - res.forgetting,
+        "plasticity": res.plasticity,
+        "final_normalized": res.final_normalized,
+    }
+    for name, values in quantities.items():
+        res.aggregates[name] = stratified_bootstrap_ci(values, iqm, reps=reps)
+        res.means[name] = stratified_bootstrap_ci(values, finite_mean, reps=reps)
+    # the average final normalized score is one number per run: its IQM over seeds
+    per_run = np.array([[finite_mean(v)] for v in res.final_normalized])
+    res.aggregates["avg_final_normalized"] = stratified_bootstrap_ci(per_run, iqm, reps=reps)
+    res.means["avg_final_normalized"] = stratified_bootstrap_ci(per_run, finite_mean, reps=reps)
+    return res
+
+
+# --------------------------------------------------------------------------------- writing
+def _f(v: float, digits: int = 2) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _ci(t: tuple[float, float, float], digits: int = 2) -> str:
+    point, low, high = t
+    if not np.isfinite(point):
+        return "–"
+    if not (np.isfinite(low) and np.isfinite(high)) or low == high:
+        return f"{point:.{digits}f}"
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _n(values: np.ndarray) -> int:
+    return int(np.isfinite(values).sum())
+
+
+def group_markdown(res: GroupResult) -> str:
+    """Per-game table (mean over seeds, n = seeds where the quantity is defined)."""
+    lines = [
+        f"### {res.label} on {' → '.join(res.sequence)}",
+        "",
+        f"{len(res.seeds)} run(s), seeds {', '.join(map(str, res.seeds))}, "
+        f"{res.steps_per_game} env steps per game.",
+        "",
+        "| game | R[j][j] (mean) | gain | learned (runs) | forgetting F (mean, n) "
+        "| retention (mean) | plasticity (mean, n) | final (mean) | final norm |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for j, g in enumerate(res.sequence):
+        f, p = res.forgetting[:, j], res.plasticity[:, j]
+        fmean = finite_mean(f)
+        lines.append(
+            f"| {g} | {_f(finite_mean(res.diag[:, j]))} | {_f(finite_mean(res.gain[:, j]))} "
+            f"| {int(res.learned[:, j].sum())}/{len(res.seeds)} "
+            f"| {_f(fmean)} ({_n(f)}) | {_f(1 - fmean)} "
+            f"| {_f(finite_mean(p))} ({_n(p)}) | {_f(finite_mean(res.final[:, j]))} "
+            f"| {_f(finite_mean(res.final_normalized[:, j]))} |"
+        )
+    return "\n".join(lines)
+
+
+def aggregate_markdown(results: Sequence[GroupResult]) -> str:
+    """One row per group: IQM [95% CI] and mean [95% CI] of each aggregate."""
+    lines = [
+        "| sequence | group | runs | forgetting IQM [CI] | retention IQM [CI] "
+        "| plasticity IQM [CI] | avg final norm IQM [CI] | forgetting mean [CI] "
+        "| plasticity mean [CI] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        a, m = r.aggregates, r.means
+        lines.append(
+            f"| {','.join(r.sequence)} | {r.label} | {len(r.seeds)} "
+            f"| {_ci(a['forgetting'])} (n={_n(r.forgetting)}) | {_ci(a['retention'])} "
+            f"| {_ci(a['plasticity'])} (n={_n(r.plasticity)}) "
+            f"| {_ci(a['avg_final_normalized'])} "
+            f"| {_ci(m['forgetting'])} | {_ci(m['plasticity'])} |"
+        )
+    return "\n".join(lines)
+
+
+def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> list[str]:
+    """Issue 9's bar per sequence: ``method``'s forgetting at most a third of ``baseline``'s
+    with separated CIs, and ``method``'s plasticity at least 0.8."""
+    out = []
+    for seq in sorted({",".join(r.sequence) for r in results}):
+        mine = [r for r in results if ",".join(r.sequence) == seq and r.label == method]
+        base = [r for r in results if ",".join(r.sequence) == seq and r.label == baseline]
+        if not mine or not base:
+            continue
+        fm, fb = mine[0].aggregates["forgetting"], base[0].aggregates["forgetting"]
+        pm = mine[0].aggregates["plasticity"]
+        seeds = min(len(mine[0].seeds), len(base[0].seeds))
+        if not (np.isfinite(fm[0]) and np.isfinite(fb[0])):
+            verdict = "inconclusive: forgetting undefined (a game was not learned)"
+        elif seeds < 3:
+            verdict = f"inconclusive: {seeds} seed(s), the bar needs >= 3"
+        elif fm[2] < fb[1] and fm[0] <= fb[0] / 3:
+            verdict = "met: CIs separate and forgetting <= 1/3 of the baseline's"
+        elif fm[2] < fb[1]:
+            verdict = "CIs separate, but forgetting is more than 1/3 of the baseline's"
+        else:
+            verdict = "inconclusive: the CIs overlap"
+        plast = (
+            "–" if not np.isfinite(pm[0]) else f"{pm[0]:.2f} ({'>=' if pm[0] >= 0.8 else '<'} 0.8)"
+        )
+        out.append(
+            f"- `{seq}`: {method} forgetting {_ci(fm)} vs {baseline} {_ci(fb)} → {verdict}; "
+            f"{method} plasticity IQM {plast}."
+        )
+    return out
+
+
+def plot_tradeoff(results: Sequence[GroupResult], path: Path) -> None:
+    """Retention (y) against plasticity (x): one point per group, IQM with 95% CI bars."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for r in results:
+        ret, pla = r.aggregates["retention"], r.aggregates["plasticity"]
+        if not (np.isfinite(ret[0]) and np.isfinite(pla[0])):
+            continue
+        ax.errorbar(
+            pla[0],
+            ret[0],
+            xerr=[[pla[0] - pla[1]], [pla[2] - pla[0]]],
+            yerr=[[ret[0] - ret[1]], [ret[2] - ret[0]]],
+            fmt="o",
+            capsize=3,
+            label=f"{r.label} ({','.join(r.sequence)}, {len(r.seeds)} seeds)",
+        )
+    ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
+    ax.axvline(0.8, color="0.6", lw=0.8, ls=":")
+    ax.set_xlabel("plasticity (gain / from-scratch gain), IQM")
+    ax.set_ylabel("retention (1 - forgetting), IQM")
+    ax.set_title("retention vs plasticity (bars: 95% stratified bootstrap CI)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_heatmaps(groups: dict[str, list[Run]], path: Path) -> None:
+    """Per group, the human-normalized matrix averaged over its seeds."""
+    plt = pyplot()
+    n = len(groups)
+    k = max(len(runs[0].games) for runs in groups.values())
+    fig, axes = plt.subplots(1, n, figsize=(n * (2.6 + 1.0 * k), 1.8 + 0.8 * k), squeeze=False)
+    for ax, (label, runs) in zip(axes[0], groups.items(), strict=True):
+        mats = [normalized(r.matrix, r.random, r.human) for r in runs if r.matrix.shape[0] == k]
+        if not mats:
+            ax.axis("off")
+            continue
+        mean = np.nanmean(np.stack(mats), axis=0)
+        im = heatmap(ax, mean, runs[0].games, f"{label} ({len(mats)} seeds)", digits=2)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle("human-normalized R[i][j], mean over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _to_json(res: GroupResult) -> dict[str, Any]:
+    def arr(a: np.ndarray) -> Any:
+        return [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
+
+    return {
+        "label": res.label,
+        "sequence": res.sequence,
+        "seeds": res.seeds,
+        "steps_per_game": res.steps_per_game,
+        "diag": arr(res.diag),
+        "gain": arr(res.gain),
+        "learned": res.learned.tolist(),
+        "forgetting": arr(res.forgetting),
+        "plasticity": arr(res.plasticity),
+        "final_normalized": arr(res.final_normalized),
+        "iqm_ci": {k: list(v) for k, v in res.aggregates.items()},
+        "mean_ci": {k: list(v) for k, v in res.means.items()},
+    }
+
+
+def analyze(
+    run_paths: Sequence[str | Path],
+    scratch_paths: Sequence[str | Path],
+    out: Path,
+    reps: int = 2000,
+    method: str = "blip",
+    baseline: str = "finetune",
+) -> list[GroupResult]:
+    """Analyze the runs, write ``forgetting.md``, ``analysis.json`` and the plots into ``out``;
+    returns the per-group results."""
+    runs = [read_run(p) for p in run_paths]
+    scratch = [read_run(p) for p in scratch_paths]
+    if not runs:
+        raise UsageError("no run folders given")
+    by_seq: dict[str, list[Run]] = {}
+    for r in runs:
+        by_seq.setdefault(r.sequence, []).append(r)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[GroupResult] = []
+    sections: list[str] = []
+    for seq, seq_runs in by_seq.items():
+        lookup = {id(r.data): r for r in seq_runs}
+        groups = {
+            label: [lookup[id(d)] for d in members]
+            for label, members in group_runs([r.data for r in seq_runs]).items()
+        }
+        seq_results = [analyze_group(label, g, scratch, reps) for label, g in groups.items()]
+        results.extend(seq_results)
+        sections.extend(group_markdown(r) for r in seq_results)
+        tag = seq.replace(",", "-")
+        plot_heatmaps(groups, out / f"heatmaps_{tag}.png")
+        plot_comparison(
+            {label: [r.data for r in g] for label, g in groups.items()},
+            seq_runs[0].games,
+            out / f"curves_{tag}.png",
+        )
+    plot_tradeoff(results, out / "retention_plasticity.png")
+    counts = {
+        g: c
+        for r in runs
+        for g, c in scratch_scores(scratch, r.games, r.data.steps_per_game)[2].items()
+    }
+    text = "\n".join(
+        [
+            "# Forgetting analysis",
+            "",
+            f"Generated by `benchmarks/forgetting/analyze.py` (`{' '.join(sys.argv)}`).",
+            "",
+            f"Learned: gain > {LEARNED_SE:g} standard errors of the game's own evaluation and > "
+            f"{LEARNED_MIN_FRACTION:g} of the random-to-human gap; forgetting and retention are "
+            "left out (n counts what is left) for games not learned. Plasticity against the "
+            "mean of the from-scratch runs with the same budget "
+            f"(runs per game: {', '.join(f'{g} {c}' for g, c in counts.items()) or 'none'}). "
+            "Brackets: 95% stratified percentile bootstrap CI "
+            f"({reps} samples); one seed gives no interval.",
+            "",
+            "## Aggregates",
+            "",
+            aggregate_markdown(results),
+            "",
+            f"## Bar of issue 9 ({method} vs {baseline})",
+            "",
+            *(bar_check(results, method, baseline) or ["- no sequence has both groups"]),
+            "",
+            "## Per game (means over seeds)",
+            "",
+            "\n\n".join(sections),
+            "",
+            "Plots: `retention_plasticity.png`, `heatmaps_<sequence>.png`, "
+            "`curves_<sequence>.png` (shaded: each game's own training).",
+            "",
+        ]
+    )
+    (out / "forgetting.md").write_text(text)
+    (out / "analysis.json").write_text(json.dumps([_to_json(r) for r in results], indent=1))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="sequence run folders (any methods, seeds)")
+    ap.add_argument("--scratch", nargs="*", default=[], help="from-scratch single-game runs")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/forgetting/report"))
+    ap.add_argument("--reps", type=int, default=2000, help="bootstrap samples")
+    ap.add_argument("--method", default="blip", help="group checked against the bar")
+    ap.add_argument("--baseline", default="finetune", help="its baseline group")
+    args = ap.parse_args(argv)
+    try:
+        if args.reps < 10:
+            raise UsageError(f"invalid --reps {args.reps}; expected an integer >= 10")
+        analyze(args.runs, args.scratch, args.out, args.reps, args.method, args.baseline)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out / 'forgetting.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

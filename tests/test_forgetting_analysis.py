@@ -1,0 +1,123 @@
+"""The statistics of benchmarks/forgetting/analyze.py on synthetic matrices and run folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "forgetting" / "analyze.py"
+_spec = importlib.util.spec_from_file_location("forgetting_analyze", _PATH)
+assert _spec is not None and _spec.loader is not None
+az = importlib.util.module_from_spec(_spec)
+sys.modules["forgetting_analyze"] = az
+_spec.loader.exec_module(az)
+
+
+def test_iqm_trims_a_quarter_each_side_and_ignores_nan() -> None:
+    assert az.iqm(np.arange(1.0, 9.0)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert az.iqm(np.array([1.0, 2.0, 3.0, 100.0, math.nan])) == pytest.approx(2.5)
+    assert az.iqm(np.array([7.0])) == 7.0
+    assert math.isnan(az.iqm(np.array([math.nan])))
+
+
+def test_bootstrap_is_stratified_by_game() -> None:
+    # Column 0 always 0, column 1 always 10: any per-game resampling keeps the mean at 5; a
+    # pooled (unstratified) resampling would not.
+    data = np.array([[0.0, 10.0]] * 4)
+    assert az.stratified_bootstrap_ci(data, az.finite_mean, reps=200) == (5.0, 5.0, 5.0)
+
+
+def test_bootstrap_interval_brackets_the_point_and_narrows_with_more_seeds() -> None:
+    rng = np.random.default_rng(1)
+    few = rng.normal(0.5, 0.2, size=(3, 1))
+    many = rng.normal(0.5, 0.2, size=(60, 1))
+    p, lo, hi = az.stratified_bootstrap_ci(few, az.finite_mean, reps=500)
+    assert lo <= p <= hi and lo >= few.min() and hi <= few.max()
+    _, lo2, hi2 = az.stratified_bootstrap_ci(many, az.finite_mean, reps=500)
+    assert 0 < hi2 - lo2 < hi - lo
+    assert lo2 < 0.5 < hi2
+    # one seed: no interval
+    assert az.stratified_bootstrap_ci(np.array([[0.3, 0.4]]), az.iqm) == pytest.approx(
+        (0.35, 0.35, 0.35)
+    )
+
+
+def test_forgetting_is_the_fraction_of_the_gain_lost() -> None:
+    m = np.array([[10.0, 0, 0], [8.0, 20, 0], [5.0, 10, 30]])
+    rnd = np.zeros(3)
+    g = az.gains(m, rnd)
+    assert g.tolist() == [10, 20, 30]
+    f = az.forgetting_fraction(m, g, np.ones(3, dtype=bool))
+    assert f[:2] == pytest.approx([0.5, 0.5]) and math.isnan(f[2])
+    # the best later evaluation counts (Chaudhry et al.): 12 after game 2, 5 at the end
+    m[1, 0] = 12.0
+    assert az.forgetting_fraction(m, g, np.ones(3, dtype=bool))[0] == pytest.approx(0.7)
+    # improvement is negative forgetting
+    m2 = np.array([[4.0, 0.0], [6.0, 9.0]])
+    assert az.forgetting_fraction(m2, np.array([2.0, 9.0]), np.ones(2, bool))[0] == -1.0
+    # unlearned game and unfinished run: undefined, never 0
+    assert math.isnan(az.forgetting_fraction(m, g, np.array([False, True, True]))[0])
+    assert np.isnan(az.forgetting_fraction(m[:2], g, np.ones(3, dtype=bool))).all()
+
+
+def test_learned_needs_two_standard_errors_and_a_floor() -> None:
+    rnd, hum = np.zeros(3), np.full(3, 100.0)
+    ok = az.learned(np.array([1.0, 2.0, 1.5]), np.array([0.6, 0.6, 0.0]), rnd, hum)
+    # 1 < 2 * 0.6; 2.0 is not above the floor 0.02 * 100; 1.5 (no noise) is not either
+    assert ok.tolist() == [False, False, False]
+    ok = az.learned(np.array([3.0, 2.5, -1.0]), np.array([1.0, math.nan, 0.0]), rnd, hum)
+    assert ok.tolist() == [True, True, False]
+
+
+def test_plasticity_against_from_scratch() -> None:
+    gain = np.array([10.0, 15.0, 4.0])
+    rnd = np.array([0.0, 1.0, 0.0])
+    p = az.plasticity(gain, rnd, np.array([12.0, 21.0, 5.0]), np.array([True, True, False]))
+    assert math.isnan(p[0]) and p[1] == pytest.approx(0.75) and math.isnan(p[2])
+
+
+def _fake_run(root: Path, name: str, agent: str, seed: int, games: list[str], m: list) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = {"games": games, "agent": agent, "method": agent, "seed": seed, "steps_per_game": 1000}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "metrics.json").write_text(json.dumps({"games": games, "matrix": m}))
+    rows = ["global_step,game_index,after_game,game,return,normalized"]
+    for i, row in enumerate(m):
+        rows += [f"{(i + 1) * 1000},{i},{i},{g},{v},," for g, v in zip(games, row, strict=True)]
+    (run / "evals.csv").write_text("\n".join(rows) + "\n")
+    return run
+
+
+def test_analyze_run_folders_end_to_end(tmp_path: Path) -> None:
+    games = ["freeway", "boxing"]  # random 0.0 and 0.1
+    runs = []
+    for s, (a, b) in enumerate([(20.0, 19.0), (22.0, 21.0), (21.0, 20.0)], start=1):
+        runs.append(_fake_run(tmp_path, f"b{s}", "blip", s, games, [[a, 0.1], [b, 10.1]]))
+    for s, (a, b) in enumerate([(20.0, 10.0), (22.0, 11.0), (21.0, 10.5)], start=1):
+        runs.append(_fake_run(tmp_path, f"f{s}", "finetune", s, games, [[a, 0.1], [b, 20.1]]))
+    scratch = [
+        _fake_run(tmp_path, f"s{s}", "finetune", s, ["boxing"], [[v]])
+        for s, v in enumerate([20.1, 19.1, 21.1], start=1)
+    ]
+    out = tmp_path / "report"
+    res = {r.label: r for r in az.analyze(runs, scratch, out, reps=200)}
+    blip, ft = res["blip"], res["finetune"]
+    # freeway lost 1/20, 1/22, 1/21 of its gain under blip; ~1/2 under fine-tuning
+    assert blip.forgetting[:, 0] == pytest.approx([1 / 20, 1 / 22, 1 / 21])
+    assert ft.forgetting[:, 0] == pytest.approx([0.5, 0.5, 0.5])
+    # plasticity on boxing: gain 10 against from-scratch mean 20.1 - 0.1 = 20
+    assert blip.plasticity[:, 1] == pytest.approx([0.5] * 3)
+    assert ft.plasticity[:, 1] == pytest.approx([1.0] * 3)
+    assert blip.aggregates["forgetting"][2] < ft.aggregates["forgetting"][1]  # CIs separate
+    text = (out / "forgetting.md").read_text()
+    assert "inconclusive" not in text and "met: CIs separate" in text
+    for name in ("retention_plasticity.png", "heatmaps_freeway-boxing.png", "analysis.json"):
+        assert (out / name).stat().st_size > 0
+    assert az.main([str(tmp_path / "nope")]) == 2
