@@ -22,6 +22,10 @@ Usage (one core, one thread)::
         --games boxing,krull,road_runner --steps 100000 --seed 1
 
     python benchmarks/forgetting/scan_games.py --table-only   # rebuild the table
+
+On a working tree that others edit while the scan runs, train from a frozen copy of the code:
+``git archive HEAD | tar -x -C /tmp/blip_snap`` and ``--code /tmp/blip_snap`` (every training
+run and the table then import ``blip_rl`` from there).
 """
 
 from __future__ import annotations
@@ -67,7 +71,13 @@ def run_folder(runs_dir: Path, game: str, seed: int, steps: int) -> Path:
 
 
 def train_one(
-    game: str, seed: int, steps: int, runs_dir: Path, eval_episodes: int, eval_every: int
+    game: str,
+    seed: int,
+    steps: int,
+    runs_dir: Path,
+    eval_episodes: int,
+    eval_every: int,
+    code: Path | None = None,
 ) -> int:
     """Train ``game`` alone with the plain network; returns the CLI's exit code."""
     folder = run_folder(runs_dir, game, seed, steps)
@@ -106,8 +116,10 @@ def train_one(
     if folder.exists():  # killed earlier: continue it
         cmd = [*cmd[:3], "--resume", str(folder), "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     print(f"[scan] {time.strftime('%H:%M:%S')} {' '.join(cmd)}", flush=True)
-    return subprocess.call(cmd, cwd=REPO, env=env)
+    return subprocess.call(cmd, cwd=code or REPO, env=env)
 
 
 def episode_returns(folder: Path) -> dict[int, list[float]]:
@@ -264,7 +276,13 @@ def main() -> None:
     ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "forgetting" / "scan")
     ap.add_argument("--out", type=Path, default=HERE / "game_scan.md")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table")
+    ap.add_argument(
+        "--code", type=Path, default=None, help="import blip_rl from this copy of the repository"
+    )
     args = ap.parse_args()
+    if args.code is not None:
+        args.code = args.code.resolve()
+        sys.path.insert(0, str(args.code))
     command = "python benchmarks/forgetting/scan_games.py " + " ".join(sys.argv[1:])
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     if args.table_only:
@@ -275,9 +293,14 @@ def main() -> None:
         every = 100_000 if args.steps > 100_000 else 0
     for game in [g.strip() for g in args.games.split(",") if g.strip()]:
         t0 = time.perf_counter()
-        rc = train_one(game, args.seed, args.steps, args.runs_dir, args.eval_episodes, every)
+        rc = train_one(
+            game, args.seed, args.steps, args.runs_dir, args.eval_episodes, every, args.code
+        )
         print(f"[scan] {game}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
-        write_report(args.runs_dir, args.out, command)
+        try:
+            write_report(args.runs_dir, args.out, command)
+        except Exception as exc:  # a broken table must not stop the scan
+            print(f"[scan] table not written: {type(exc).__name__}: {exc}", flush=True)
 
 
 if __name__ == "__main__":
