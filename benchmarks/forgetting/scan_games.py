@@ -192,6 +192,13 @@ def verdict(mean: float, sem: float, ref: tuple[float, float] | None) -> str:
     return "learned" if (mean - rnd) >= LEARNED_FRACTION * (human - rnd) else "weak"
 
 
+def at_milestone(evals: dict[int, Point], milestone: int) -> Point | None:
+    """The evaluation nearest to ``milestone`` env steps, if within 5% of it (training runs in
+    whole rollouts, so a 100k-step game ends at e.g. 100352)."""
+    near = [s for s in evals if abs(s - milestone) <= 0.05 * milestone]
+    return evals[min(near, key=lambda s: abs(s - milestone))] if near else None
+
+
 def table(points: list[Point]) -> str:
     """The markdown table: one row per game and seed, columns at 100k and 300k env steps."""
     from blip_rl.atari import reference_scores
@@ -219,7 +226,7 @@ def table(points: list[Point]) -> str:
     for (game, seed), evals in sorted(by_key.items()):
         ref = reference_scores(game)
         rnd, hum = ("-", "-") if ref is None else (f"{ref[0]:g}", f"{ref[1]:g}")
-        p100, p300 = evals.get(100_000), evals.get(300_000)
+        p100, p300 = at_milestone(evals, 100_000), at_milestone(evals, 300_000)
         eps = sorted({p.episodes for p in evals.values()})
         lines.append(
             f"| {game} | {seed} | {rnd} | {hum} | "
