@@ -242,11 +242,13 @@ def test_ewc_tiny_real_run_and_resume(tmp_path: Path, agent: str) -> None:
 
 def _net(run: Path) -> ActorCritic:
     config = RunConfig.from_json(json.loads((run / "config.json").read_text()))
-    return ActorCritic([6, 4], config.net_config())
+    return ActorCritic([6, 4], config.net)
 
 
 def test_packnet_tiny_real_run_and_resume(tmp_path: Path) -> None:
-    run = _run(tmp_path, "packnet", ["--packnet-prune", "0.75", "--packnet-retrain-frac", "1"])
+    # 4 rollouts of 64 steps per game: 3 of main training, then 1 of retraining (a quarter)
+    extra = ["--steps-per-game", "256", "--packnet-prune", "0.75", "--packnet-retrain-frac", "0.25"]
+    run = _run(tmp_path, "packnet", extra)
     summary = json.loads((run / "summary.json").read_text())
     after1 = load_checkpoint(run / "checkpoints" / "after-game-1.pt")
     final = load_checkpoint(run / "checkpoints" / "latest.pt")
@@ -267,7 +269,16 @@ def test_packnet_tiny_real_run_and_resume(tmp_path: Path) -> None:
     assert int((owner["trunk.fc"] == 2).sum()) > 0
     # Trunk biases learn in game 1 only.
     assert torch.equal(final["net"]["trunk.fc.bias"], after1["net"]["trunk.fc.bias"])
-    assert summary["after_game"][0]["retrain_steps"] == 64  # one extra update of 64 steps
+    # The game's own heads are not pruned: game 1 kept every weight of heads 0.
+    for kind in ("policy", "value"):
+        assert bool((owner1[f"heads.{kind}.0"] == 1).all())
+        assert bool((owner[f"heads.{kind}.1"] == 2).all())
+        assert float(after1["net"][f"heads.{kind}.0.weight"].abs().min()) > 0
+    # Game 1's retraining left game 2's (untrained) heads at their initial weights.
+    assert float(after1["net"]["heads.policy.1.weight"].abs().min()) > 0
+    # The retraining came out of the game's budget: every game took 256 env steps in all.
+    assert [g["retrain_steps"] for g in summary["after_game"]] == [64, 64]
+    assert summary["global_steps"] == 512
     total = sum(v.numel() for k, v in final["net"].items())
     assert summary["memory_bytes_per_param"] == pytest.approx(
         sum(o.numel() for o in owner.values()) / total
@@ -276,12 +287,12 @@ def test_packnet_tiny_real_run_and_resume(tmp_path: Path) -> None:
 
     # Evaluating game 1 uses only game 1's weights; game 2 (the last) uses all of them.
     config = RunConfig.from_json(json.loads((run / "config.json").read_text()))
-    net = ActorCritic([6, 4], config.net_config())
+    net = ActorCritic([6, 4], config.net)
     net.load_state_dict(final["net"])
     method = PackNetMethod(METHODS["packnet"].config_class())
     method.setup(net)
     method.load_state_dict(final["method"])
-    plain = ActorCritic([6, 4], config.net_config())
+    plain = ActorCritic([6, 4], config.net)
     plain.load_state_dict(final["net"])
     with torch.no_grad():
         for name, o in owner.items():
@@ -290,7 +301,7 @@ def test_packnet_tiny_real_run_and_resume(tmp_path: Path) -> None:
     with torch.no_grad():
         got, want = net(obs, 0), plain(obs, 0)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-        unmasked = ActorCritic([6, 4], config.net_config())
+        unmasked = ActorCritic([6, 4], config.net)
         unmasked.load_state_dict(final["net"])
         torch.testing.assert_close(net(obs, 1)[0], unmasked(obs, 1)[0])
         assert not torch.equal(net(obs, 0)[1], unmasked(obs, 0)[1])  # game 2 weights matter

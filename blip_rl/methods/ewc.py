@@ -24,7 +24,12 @@ parameter of ordinary ``nn.Linear`` / ``nn.Conv2d`` layers (the baselines use th
 :func:`parameter_fisher`.
 
 Units of lambda: this project's Fisher is the true (per-sample) diagonal Fisher. The BLIP
-paper's RL runs use ``lambda = 5000`` (the presets' default); see ``docs/methods.md``.
+paper's RL runs use ``lambda = 5000`` with a Fisher of squared gradients of 62-sample batch means,
+about ``62**2 = 3844`` times smaller than ours; the same stiffness here is ``5000 / 3844 ~= 1.3``,
+the default (see ``docs/methods.md``).
+
+Devices: every tensor the method creates (Fisher, anchors, the zero penalty before the first game)
+lives on the device of the parameter it belongs to.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from blip_rl.errors import UsageError
 from blip_rl.fisher import estimate_fisher
 from blip_rl.methods.base import (
     ContinualMethod,
@@ -45,8 +49,11 @@ from blip_rl.methods.base import (
     game_fisher,
     rollout_fisher,
 )
+from blip_rl.validate import check_number
 
 __all__ = [
+    "REFERENCE_FISHER_SCALE",
+    "REFERENCE_LAMBDA",
     "EwcConfig",
     "EwcMethod",
     "OnlineEwcConfig",
@@ -56,6 +63,11 @@ __all__ = [
 ]
 
 LogLikelihood = Callable[..., torch.Tensor]
+
+REFERENCE_LAMBDA = 5000.0
+"""EWC's lambda in the BLIP paper's RL runs (its own Fisher units)."""
+REFERENCE_FISHER_SCALE = 62.0**2
+"""Our per-sample Fisher over the reference's (squared gradients of 62-sample batch means)."""
 
 
 # ------------------------------------------------------------------------------------ Fisher
@@ -108,29 +120,13 @@ class EwcConfig(MethodConfig):
     """EWC's settings (and the Fisher settings shared with BLIP: ``fisher_states``,
     ``value_fisher_coef``, ``fisher_chunk``)."""
 
-    ewc_lambda: float = 5000.0
-    """Strength of the EWC penalty (lambda/2) * sum F (theta - anchor)^2; the BLIP paper's RL
-    runs use 5000."""
+    ewc_lambda: float = REFERENCE_LAMBDA / REFERENCE_FISHER_SCALE
+    """Strength of the EWC penalty (lambda/2) * sum F (theta - anchor)^2, in this project's
+    (per-sample) Fisher units: the BLIP paper's RL value 5000 divided by 62**2 (~1.3)."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.ewc_lambda, int | float) and self.ewc_lambda >= 0):
-            raise UsageError(f"invalid --ewc-lambda {self.ewc_lambda!r}; expected a number >= 0")
-        if isinstance(self.fisher_states, bool) or not (
-            isinstance(self.fisher_states, int) and self.fisher_states >= 1
-        ):
-            raise UsageError(
-                f"invalid --fisher-states {self.fisher_states!r}; expected an integer >= 1"
-            )
-        if not self.value_fisher_coef >= 0:
-            raise UsageError(
-                f"invalid --value-fisher-coef {self.value_fisher_coef!r}; expected a number >= 0"
-            )
-        if isinstance(self.fisher_chunk, bool) or not (
-            isinstance(self.fisher_chunk, int) and self.fisher_chunk >= 1
-        ):
-            raise UsageError(
-                f"invalid --fisher-chunk {self.fisher_chunk!r}; expected an integer >= 1"
-            )
+        super().__post_init__()
+        check_number(self, "ewc_lambda", 0.0)
 
 
 @dataclass
@@ -142,8 +138,7 @@ class OnlineEwcConfig(EwcConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (isinstance(self.ewc_gamma, int | float) and 0 <= self.ewc_gamma <= 1):
-            raise UsageError(f"invalid --ewc-gamma {self.ewc_gamma!r}; expected a number in [0, 1]")
+        check_number(self, "ewc_gamma", 0.0, 1.0)
 
 
 _Tensors = dict[str, torch.Tensor]
@@ -172,9 +167,9 @@ class EwcMethod(ContinualMethod):
     def setup(self, net: nn.Module) -> None:
         self.params = dict(net.named_parameters())
 
-    def extra_loss(self) -> torch.Tensor:
-        """``(lambda / 2) * sum_terms sum_i F_i * (theta_i - anchor_i) ** 2`` (0 before the
-        first game ends)."""
+    def extra_loss(self, ctx: GameContext | None = None) -> torch.Tensor:
+        """``(lambda / 2) * sum_terms sum_i F_i * (theta_i - anchor_i) ** 2`` (0, on the
+        network's device, before the first game ends). ``ctx`` is not needed."""
         total: torch.Tensor | None = None
         for fisher, anchor in self.terms:
             for name, f in fisher.items():
@@ -182,7 +177,8 @@ class EwcMethod(ContinualMethod):
                 term = (f * (p - anchor[name]).pow(2)).sum()
                 total = term if total is None else total + term
         if total is None:
-            return torch.zeros(())
+            device = next(iter(self.params.values())).device if self.params else None
+            return torch.zeros((), device=device)
         return 0.5 * self.config.ewc_lambda * total
 
     def after_game(self, ctx: GameContext) -> dict[str, float]:
@@ -190,7 +186,11 @@ class EwcMethod(ContinualMethod):
         fisher = {n: f for n, f in fisher.items() if bool((f != 0).any())}
         self._store(fisher)
         self.game_indices.append(ctx.game_index)
-        values = torch.cat([f.flatten() for f in fisher.values()]) if fisher else torch.zeros(1)
+        values = (
+            torch.cat([f.flatten() for f in fisher.values()])
+            if fisher
+            else torch.zeros(1, device=next(ctx.net.parameters()).device)
+        )
         return {
             "fisher_states": float(n_states),
             "fisher_mean": float(values.mean()),

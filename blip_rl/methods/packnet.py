@@ -9,15 +9,18 @@ weight (1 byte per parameter; at most 254 games).
   (moments zero), so owned weights stay bit-for-bit unchanged. Biases learn only in the first
   game that trains their layer and are frozen afterwards (as in the paper, where biases are fixed
   after the first task).
-* **After game k** (``after_game``): in every layer that game ``k`` ran (the trunk and its
-  heads), the free weights with the largest magnitude are kept (owner ``k + 1``); the other
-  ``packnet_prune`` fraction of them is set to 0 and stays free for later games. Then a short
-  retraining (the paper's fine-tuning after pruning): ``packnet_retrain_frac`` times the game's
-  PPO updates, each a ``collect()`` and ``update()`` of the game's own PPO learner, with the
-  learning rate starting at ``packnet_retrain_lr`` times the PPO learning rate and annealed to 0.
-  Only the kept weights learn; pruned ones are held at exactly 0 (an optimizer step post-hook).
-  These env steps come on top of ``steps_per_game``; they are not in the run's global step
-  (``after_game`` reports them as ``retrain_steps``).
+* **After game k's main training** (``after_game``): in every trunk layer, the free weights with
+  the largest magnitude are kept (owner ``k + 1``); the other ``packnet_prune`` fraction of them
+  is set to 0 and stays free for later games. The game's own heads are kept whole (every free
+  weight becomes ``k + 1``): no other game ever runs them, so pruning them would only hurt game
+  ``k``. (With a single shared head, ``--shared-head``, the head is pruned like the trunk.) Then
+  the retraining (the paper's fine-tuning after pruning) of the kept weights, **inside the game's
+  budget**: :meth:`PackNetMethod.reserved_steps` keeps ``packnet_retrain_frac`` of the game's
+  env steps, the loop trains the rest first (whole rollouts), and ``after_game`` spends what is
+  left of the game's whole-rollout budget through ``ctx.train`` (logged and counted in the
+  global step like any training), the learning rate restarting at ``packnet_retrain_lr`` times
+  the PPO rate and annealed to 0. Every method therefore sees the same env steps. Only the kept
+  weights learn; pruned ones are held at exactly 0 (an optimizer step post-hook).
 * **Using game j** (evaluation, or any forward with game j's head): the network computes with
   the weights owned by games ``0..j`` only; later games' weights (and weights still being
   trained by the current game, when the forward is for another game's head) are masked to 0 for
@@ -27,12 +30,14 @@ weight (1 byte per parameter; at most 254 games).
 
 The continual loop has no dedicated pruning or masking hook; everything runs in the existing
 hooks: masks via tensor and module hooks registered in ``setup``/``before_game``, pruning and
-retraining inside ``after_game``.
+retraining inside ``after_game`` (the retraining through the loop's ``ctx.train``).
+
+Limitation: a game that comes back later in the sequence (same head) finds its head fully owned
+by its first occurrence, so its second occurrence trains only the trunk's free weights.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,6 +48,7 @@ from torch.utils.hooks import RemovableHandle
 
 from blip_rl.errors import UsageError
 from blip_rl.methods.base import ContinualMethod, GameContext
+from blip_rl.validate import check_number
 
 __all__ = ["PackNetConfig", "PackNetMethod"]
 
@@ -57,23 +63,26 @@ class PackNetConfig:
     """Fraction of the weights a game trained that is pruned (set to 0 and released to later
     games) after the game; the rest is kept and frozen for it."""
     packnet_retrain_frac: float = 0.1
-    """Length of the retraining after pruning, as a fraction of the game's PPO updates (at least
-    one update when > 0; 0 disables it)."""
+    """Share of the game's own env-step budget (its last PPO updates, whole rollouts) spent
+    retraining the kept weights after pruning: at least one update when > 0, at least one main
+    update left; 0 disables the retraining. The game's total env steps do not change."""
     packnet_retrain_lr: float = 0.1
     """Learning rate at the start of the retraining, as a fraction of the PPO learning rate
     (annealed linearly to 0 over the retraining)."""
 
     def __post_init__(self) -> None:
-        def check(name: str, value: Any, ok: bool, accepted: str) -> None:
-            if isinstance(value, bool) or not isinstance(value, int | float) or not ok:
-                raise UsageError(
-                    f"invalid --{name.replace('_', '-')} {value!r}; expected {accepted}"
-                )
-
-        p, r, lr = self.packnet_prune, self.packnet_retrain_frac, self.packnet_retrain_lr
-        check("packnet_prune", p, 0 <= p < 1, "a fraction in [0, 1)")
-        check("packnet_retrain_frac", r, 0 <= r <= 10, "a number in [0, 10]")
-        check("packnet_retrain_lr", lr, 0 < lr <= 1, "a fraction in (0, 1]")
+        check_number(self, "packnet_prune", 0.0, 1.0)
+        if self.packnet_prune >= 1:
+            raise ValueError(
+                f"invalid --packnet-prune {self.packnet_prune!r}; expected a fraction in [0, 1)"
+            )
+        check_number(self, "packnet_retrain_frac", 0.0, 1.0)
+        if self.packnet_retrain_frac >= 1:
+            raise ValueError(
+                f"invalid --packnet-retrain-frac {self.packnet_retrain_frac!r}; "
+                "expected a fraction in [0, 1)"
+            )
+        check_number(self, "packnet_retrain_lr", 0.0, 1.0, low_open=True)
 
 
 class PackNetMethod(ContinualMethod):
@@ -100,6 +109,7 @@ class PackNetMethod(ContinualMethod):
         self.training_head: int | None = None
         """The head whose game is training now (its forward may use free weights)."""
         self._trainable: dict[str, torch.Tensor | None] = {}
+        self._game_layers: set[str] = set()
         self._phase = "idle"  # "train": free weights learn; "retrain": the game's kept ones
         self._position = -1
         self._free_dirty = False
@@ -177,6 +187,20 @@ class PackNetMethod(ContinualMethod):
         self._saved = {}
 
     # ------------------------------------------------------------------------------ hooks
+    def reserved_steps(self, steps_per_game: int, batch_size: int | None = None) -> int:
+        """The retraining's env steps, kept from the game's own budget.
+
+        With the PPO rollout size ``batch_size`` (``B``): the last
+        ``ceil(packnet_retrain_frac * U)`` of the game's ``U = ceil(steps_per_game / B)``
+        updates, at most ``U - 1`` (the main training keeps at least one), in env steps.
+        Without it: ``floor(packnet_retrain_frac * steps_per_game)``; ``after_game`` then
+        retrains exactly what is left of the game's whole-rollout budget either way."""
+        if batch_size is None:
+            return int(math.floor(self.config.packnet_retrain_frac * steps_per_game))
+        updates = max(1, math.ceil(steps_per_game / batch_size))
+        retrain = math.ceil(self.config.packnet_retrain_frac * updates)
+        return min(retrain, updates - 1) * batch_size
+
     def before_game(self, ctx: GameContext) -> None:
         if ctx.game_index >= _MAX_GAMES:
             raise UsageError(
@@ -194,6 +218,7 @@ class PackNetMethod(ContinualMethod):
     def _set_phase(self, phase: str, ctx: GameContext) -> None:
         self._phase = phase
         used = self._used_layers(ctx)
+        self._game_layers = used
         self._trainable = {}
         for name, o in self.owner.items():
             if phase == "train":
@@ -216,14 +241,16 @@ class PackNetMethod(ContinualMethod):
     @torch.no_grad()
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._phase == "retrain":  # pruned weights stay exactly 0
-            for name, o in self.owner.items():
+            # only in the layers this game ran: other games' heads keep their initial weights
+            for name in self._game_layers:
+                o = self.owner[name]
                 w = self.layers[name].weight
                 w.masked_fill_(o == 0, 0.0)
 
     def after_game(self, ctx: GameContext) -> dict[str, float]:
         kept, pruned = self._prune(ctx)
         self._free_dirty = False
-        steps = self._retrain(ctx)
+        steps = self._retrain(ctx, self._left_in_budget(ctx))
         self._phase = "idle"
         self._trainable = {}
         self.training_head = None
@@ -243,17 +270,27 @@ class PackNetMethod(ContinualMethod):
             "memory_bytes_per_param": self.memory_bytes_per_param(ctx.net),
         }
 
+    def _own_heads(self, ctx: GameContext) -> set[str]:
+        """The game's own head layers: used by no other game unless the net has one shared
+        head."""
+        if ctx.net.num_heads <= 1:
+            return set()
+        return {f"heads.{kind}.{ctx.head}" for kind in ("policy", "value")}
+
     @torch.no_grad()
     def _prune(self, ctx: GameContext) -> tuple[int, int]:
-        """Keep the largest free weights of every layer the game ran; zero the rest."""
+        """Keep the largest free weights of every trunk layer the game ran (and all of its own
+        heads' free weights); zero the rest."""
         kept = pruned = 0
+        own_heads = self._own_heads(ctx)
         for name in sorted(self._used_layers(ctx)):
             o, w = self.owner[name], self.layers[name].weight
             free = o == 0
             n_free = int(free.sum())
             if n_free == 0:
                 continue
-            n_keep = n_free - int(math.floor(self.config.packnet_prune * n_free))
+            prune = 0.0 if name in own_heads else self.config.packnet_prune
+            n_keep = n_free - int(math.floor(prune * n_free))
             mags = w.detach().abs().float().masked_fill(~free, -1.0).flatten()
             keep = torch.zeros_like(free).flatten()
             if n_keep > 0:
@@ -267,28 +304,27 @@ class PackNetMethod(ContinualMethod):
             pruned += int(drop.sum())
         return kept, pruned
 
-    def _retrain(self, ctx: GameContext) -> int:
-        """Short PPO retraining of the kept weights; returns the env steps it took."""
-        ppo = ctx.ppo
-        per_game = max(1, math.ceil(ppo.total_steps / ppo.config.batch_size))
-        updates = math.ceil(self.config.packnet_retrain_frac * per_game)
-        if updates == 0:
+    def _left_in_budget(self, ctx: GameContext) -> int:
+        """Env steps of the game's whole-rollout budget (what the loop gives every method:
+        ``ceil(steps_per_game / B)`` rollouts of ``B`` steps) not yet used; 0 without
+        retraining."""
+        if self.config.packnet_retrain_frac <= 0:
             return 0
-        saved = (ppo.config, ppo.updates, ppo.total_steps, ppo.global_step)
-        ppo.config = dataclasses.replace(
-            ppo.config,
-            learning_rate=ppo.config.learning_rate * self.config.packnet_retrain_lr,
-            anneal_lr=True,
-        )
-        ppo.updates, ppo.total_steps = 0, updates * ppo.config.batch_size
+        batch = ctx.ppo.config.batch_size
+        budget = math.ceil((ctx.steps_per_game or ctx.ppo.total_steps) / batch) * batch
+        return max(0, budget - ctx.ppo.global_step)
+
+    def _retrain(self, ctx: GameContext, steps: int) -> int:
+        """Retrain the kept weights for the game's reserved ``steps`` through the loop's
+        ``ctx.train``; returns the env steps it took."""
+        if steps <= 0:
+            return 0
+        if ctx.train is None:
+            raise RuntimeError(
+                "packnet's retraining needs the loop's ctx.train (the game's reserved steps)"
+            )
         self._set_phase("retrain", ctx)
-        try:
-            for _ in range(updates):
-                ppo.collect()
-                ppo.update()
-        finally:
-            ppo.config, ppo.updates, ppo.total_steps, ppo.global_step = saved
-        return updates * ppo.config.batch_size
+        return int(ctx.train(steps, self.config.packnet_retrain_lr))
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
