@@ -1,50 +1,176 @@
-"""Run configuration: agent presets (TOML in ``agents/``), flags generated from dataclasses.
+"""The run configuration: one typed tree, its presets and its command-line flags.
 
-An agent preset names a continual method and sets fields of three dataclasses: ``[net]``
-(:class:`~blip_rl.nets.NetConfig`), ``[method]`` (the method's own config class) and ``[ppo]``
-(:class:`~blip_rl.ppo.PPOConfig`). Every one of those fields is also a command-line flag
-(``learning_rate`` -> ``--learning-rate``); a flag given on the command line wins over the preset.
+A run is described by one :class:`RunConfig` (saved as ``config.json`` in the run folder), whose
+sections are the dataclasses of the modules that use them:
+
+* ``atari``: :class:`~blip_rl.atari.AtariConfig` (the protocol: sticky actions, action set, ...);
+* ``net``: :class:`~blip_rl.nets.NetConfig` (the network and its BLIP settings);
+* ``ppo``: :class:`~blip_rl.ppo.PPOConfig` (the learner);
+* ``method_config``: the continual method's own config class (``METHODS[method].config_class``).
+
+Every dataclass checks its own fields in ``__post_init__`` (raising :class:`ValueError` that names
+the field as a flag, see :mod:`blip_rl.validate`), so a ``RunConfig`` that exists is valid.
+
+Values come from three layers, later ones winning: the dataclass defaults; the presets (the game
+sequence's ``[protocol]`` from ``envs/``, then the agent preset from ``agents/NAME.toml`` with its
+sections ``[run]``, ``[env]``, ``[net]``, ``[ppo]``, ``[settings]``); the command line. Every field
+of every section is a flag generated from the dataclasses by :func:`add_config_flags`
+(``learning_rate`` -> ``--learning-rate``; the Atari options ``backend``, ``num_threads`` and
+``gym_vectorization`` are ``--env-backend``, ``--env-threads`` and ``--env-vectorization``).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib.resources
+import inspect
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from blip_rl.atari import AtariConfig
 from blip_rl.errors import UsageError
 from blip_rl.methods import METHODS
 from blip_rl.nets import NetConfig
 from blip_rl.ppo import PPOConfig
+from blip_rl.validate import check_bool, check_int
 
 __all__ = [
     "AgentPreset",
+    "FlagTable",
     "RunConfig",
-    "add_dataclass_flags",
+    "add_config_flags",
+    "given_flags",
     "list_agents",
     "load_agent",
 ]
 
-# PPOConfig fields that have a dedicated top-level flag instead of a generated one.
-_TOP_LEVEL = {"num_envs"}
+RUN_FLAG_FIELDS = (
+    "steps_per_game",
+    "seed",
+    "eval_every",
+    "eval_episodes",
+    "checkpoint_every",
+    "shared_head",
+)
+"""Top-level :class:`RunConfig` fields that are flags (and may be set by an agent's ``[run]``)."""
+
+_SECTIONS: dict[str, type] = {"atari": AtariConfig, "net": NetConfig, "ppo": PPOConfig}
+"""Config sections with a fixed class (the method's section depends on the method)."""
+
+_FLAG_NAMES = {
+    ("atari", "backend"): "env-backend",
+    ("atari", "num_threads"): "env-threads",
+    ("atari", "gym_vectorization"): "env-vectorization",
+}
+"""Flags whose name is not the field's (the field name alone would not say it is the env's)."""
 
 
 @dataclass
+class RunConfig:
+    """Everything that defines a run; saved as ``config.json`` in the run folder."""
+
+    games: list[str] = field(default_factory=list)
+    """Canonical game names in learning order."""
+    games_spec: str = "@demo"
+    """The ``--games`` value as given (e.g. ``@demo``)."""
+    agent: str = "blip"
+    """Agent preset name (``agents/<agent>.toml``)."""
+    method: str = "blip"
+    """Continual method (from the preset)."""
+    steps_per_game: int = 200_000
+    """Env steps (all envs together) of training per game."""
+    seed: int = 1
+    """One seed for the network, the envs and the sampling (any integer >= 0)."""
+    eval_every: int = 50_000
+    """Evaluate every game of the sequence every this many env steps (0: only after games)."""
+    eval_episodes: int = 8
+    """Episodes per game per evaluation."""
+    checkpoint_every: int = 50_000
+    """Write a checkpoint every this many env steps (0: only after games)."""
+    shared_head: bool = False
+    """One pair of heads over the full 18-action set for all games."""
+    device: str = "cpu"
+    """Torch device the run trains on."""
+    atari: AtariConfig = field(default_factory=AtariConfig)
+    """The Atari protocol."""
+    net: NetConfig = field(default_factory=NetConfig)
+    """The network."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """The PPO learner."""
+    method_config: Any = None
+    """The method's settings (an instance of ``METHODS[method].config_class``)."""
+    branched_from: str | None = None
+    """The after-game checkpoint this run started from (``--from-checkpoint``), if any."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"invalid method {self.method!r}; expected one of {', '.join(METHODS)}"
+            )
+        sections = {**_SECTIONS, "method_config": METHODS[self.method].config_class}
+        for name, cls in sections.items():
+            value = getattr(self, name)
+            if value is None:
+                value = cls()
+            elif isinstance(value, dict):
+                check_keys(cls, value, f"[{name}]")
+                value = cls(**value)
+            elif not isinstance(value, cls):
+                raise ValueError(f"section {name} must be a {cls.__name__}, not {value!r}")
+            setattr(self, name, value)
+        if not self.games:
+            raise ValueError(f"invalid --games {self.games_spec!r}; expected at least one game")
+        check_int(self, "steps_per_game", 1)
+        check_int(self, "seed", 0)
+        check_int(self, "eval_every", 0)
+        check_int(self, "eval_episodes", 1)
+        check_int(self, "checkpoint_every", 0)
+        check_bool(self, "shared_head")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"invalid --device {self.device!r}; expected cpu or cuda") from None
+        if self.shared_head and not self.atari.full_action_space:
+            self.atari = self.atari.replace(full_action_space=True)
+        if METHODS[self.method].needs_blip_layers and not self.net.blip:
+            raise ValueError(f"agent {self.agent!r} (method {self.method}) needs --blip true")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-ready data (sections as dicts)."""
+        data = dataclasses.asdict(self)
+        data["net"]["channels"] = list(self.net.channels)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        """Rebuild from :meth:`to_json` data (validates; unknown top-level keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ------------------------------------------------------------------------------------ presets
+@dataclass
 class AgentPreset:
-    """An agent preset: a method (``method = "..."``) and overrides of the net (``[net]``), the
-    method's settings (``[settings]``) and PPO (``[ppo]``)."""
+    """An agent preset (``agents/NAME.toml``): a method (``method = "..."``) and overrides of
+    the run (``[run]``), the protocol (``[env]``), the network (``[net]``), PPO (``[ppo]``) and
+    the method's settings (``[settings]``)."""
 
     name: str
     method: str
     description: str
+    run: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
     net: dict[str, Any] = field(default_factory=dict)
-    method_config: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
+    method_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _agents_dir() -> Any:
@@ -63,95 +189,147 @@ def load_agent(name: str) -> AgentPreset:
     known = list_agents()
     if name not in known:
         raise UsageError(f"unknown agent preset {name!r}; available: {', '.join(known)}")
+    where = f"agent preset {name!r}"
     data = tomllib.loads((_agents_dir() / f"{name}.toml").read_text(encoding="utf-8"))
+    unknown = sorted(set(data) - {"method", "description", "run", "env", "net", "ppo", "settings"})
+    if unknown:
+        raise UsageError(f"{where}: unknown section {unknown[0]!r}")
     method = data.get("method")
     if method not in METHODS:
-        raise UsageError(
-            f"agent preset {name!r} names unknown method {method!r}; known: {', '.join(METHODS)}"
-        )
+        raise UsageError(f"{where} names unknown method {method!r}; known: {', '.join(METHODS)}")
     preset = AgentPreset(
         name=name,
         method=method,
         description=str(data.get("description", "")),
+        run=dict(data.get("run", {})),
+        env=dict(data.get("env", {})),
         net=dict(data.get("net", {})),
-        method_config=dict(data.get("settings", {})),
         ppo=dict(data.get("ppo", {})),
+        method_config=dict(data.get("settings", {})),
     )
-    cls = METHODS[method].config_class
-    check_section(NetConfig, preset.net, f"agent preset {name!r} [net]")
-    check_section(PPOConfig, preset.ppo, f"agent preset {name!r} [ppo]")
-    check_section(cls, preset.method_config, f"agent preset {name!r} [settings]")
+    try:
+        unknown_run = sorted(set(preset.run) - set(RUN_FLAG_FIELDS))
+        if unknown_run:
+            raise ValueError(
+                f"[run]: unknown field {unknown_run[0]!r}; known: {', '.join(RUN_FLAG_FIELDS)}"
+            )
+        check_keys(AtariConfig, preset.env, "[env]")
+        check_keys(NetConfig, preset.net, "[net]")
+        check_keys(PPOConfig, preset.ppo, "[ppo]")
+        check_keys(METHODS[method].config_class, preset.method_config, "[settings]")
+    except ValueError as exc:
+        raise UsageError(f"{where} {exc}") from None
     return preset
 
 
-@dataclass
-class RunConfig:
-    """Everything that defines a run; saved as ``config.json`` in the run folder."""
-
-    games: list[str]
-    """Canonical game names in learning order."""
-    games_spec: str
-    """The ``--games`` value as given (e.g. ``@demo``)."""
-    agent: str
-    """Agent preset name (``agents/<agent>.toml``)."""
-    method: str
-    """Continual method (from the preset)."""
-    steps_per_game: int = 200_000
-    """Env steps (all envs) of training per game."""
-    seed: int = 1
-    """One seed for the network, the envs and the sampling: a run is reproducible with it."""
-    eval_every: int = 50_000
-    """Evaluate every game of the sequence every this many env steps (0: only after games)."""
-    eval_episodes: int = 8
-    """Episodes per game per evaluation."""
-    checkpoint_every: int = 50_000
-    """Write a checkpoint every this many env steps (and always after each game)."""
-    shared_head: bool = False
-    """One pair of heads with the full 18-action set for all games."""
-    device: str = "cpu"
-    """Torch device the run trains on."""
-    atari: dict[str, Any] = field(default_factory=dict)
-    """:class:`~blip_rl.atari.AtariConfig` fields."""
-    net: dict[str, Any] = field(default_factory=dict)
-    """:class:`~blip_rl.nets.NetConfig` fields."""
-    ppo: dict[str, Any] = field(default_factory=dict)
-    """:class:`~blip_rl.ppo.PPOConfig` fields."""
-    method_config: dict[str, Any] = field(default_factory=dict)
-    """Fields of the method's config class."""
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def net_config(self) -> NetConfig:
-        d = dict(self.net)
-        if "channels" in d:
-            d["channels"] = tuple(d["channels"])
-        return NetConfig(**d)
-
-    def ppo_config(self) -> PPOConfig:
-        return PPOConfig(**self.ppo)
-
-    def method_config_object(self) -> Any:
-        return METHODS[self.method].config_class(**self.method_config)
+def check_keys(cls: type, values: dict[str, Any], where: str) -> None:
+    """ValueError if ``values`` has a key that is not a field of ``cls``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(names)) or 'none'}"
+        )
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+# -------------------------------------------------------------------------------------- flags
+@dataclass(frozen=True)
+class Flag:
+    """One generated flag: the section and field it sets, and the field's type."""
+
+    section: str
+    """``run``, ``atari``, ``net``, ``ppo`` or ``method`` (the agent's method)."""
+    field: str
+    type: Any
+    flag: str
+    methods: tuple[str, ...] = ()
+    """For method fields: the methods whose config has this field."""
 
 
-def _parse_value(tp: Any, text: str, flag: str) -> Any:
+FlagTable = dict[str, Flag]
+"""argparse ``dest`` -> :class:`Flag`."""
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> FlagTable:
+    """Add one flag per configuration field (run, protocol, network, PPO, every method's
+    settings) to ``parser``; every flag defaults to None (not given). Returns the table that
+    :func:`given_flags` reads back."""
+    table: FlagTable = {}
+    groups: list[tuple[str, str, type, tuple[str, ...] | None]] = [
+        ("run", "run", RunConfig, RUN_FLAG_FIELDS),
+        ("atari", "Atari protocol ([env] in an agent preset)", AtariConfig, None),
+        ("net", "network ([net])", NetConfig, None),
+        ("ppo", "PPO ([ppo])", PPOConfig, None),
+    ]
+    for section, title, cls, only in groups:
+        group = parser.add_argument_group(title)
+        for f in dataclasses.fields(cls):
+            if only is not None and f.name not in only:
+                continue
+            _add_flag(group, table, section, cls, f)
+    group = parser.add_argument_group("continual method ([settings]; only the agent's method)")
+    for name, method_cls in METHODS.items():
+        for f in dataclasses.fields(method_cls.config_class):
+            dest = f"cfg_method_{f.name}"
+            if dest in table:
+                old = table[dest]
+                table[dest] = dataclasses.replace(old, methods=(*old.methods, name))
+                continue
+            _add_flag(group, table, "method", method_cls.config_class, f, methods=(name,))
+    return table
+
+
+def _add_flag(
+    group: Any,
+    table: FlagTable,
+    section: str,
+    cls: type,
+    f: dataclasses.Field[Any],
+    methods: tuple[str, ...] = (),
+) -> None:
+    flag = "--" + _FLAG_NAMES.get((section, f.name), f.name.replace("_", "-"))
+    tp = typing.get_type_hints(cls)[f.name]
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    text = (_field_docs(cls).get(f.name, "") + f" (default {default})").strip()
+    dest = f"cfg_{section}_{f.name}"
+    kwargs: dict[str, Any] = {"nargs": "?", "const": "true"} if tp is bool else {}
+    group.add_argument(
+        flag,
+        dest=dest,
+        default=None,
+        metavar=f.name.upper(),
+        help=text.replace("%", "%%"),
+        **kwargs,
+    )
+    table[dest] = Flag(section, f.name, tp, flag, methods)
+
+
+def given_flags(args: argparse.Namespace, table: FlagTable) -> dict[str, dict[str, Any]]:
+    """The flags given on the command line, parsed and grouped by section
+    (``{"run": {...}, "atari": {...}, "net": {...}, "ppo": {...}, "method": {...}}``).
+    UsageError for a value that does not parse as the field's type."""
+    out: dict[str, dict[str, Any]] = {s: {} for s in ("run", "atari", "net", "ppo", "method")}
+    for dest, spec in table.items():
+        text = getattr(args, dest, None)
+        if text is not None:
+            out[spec.section][spec.field] = parse_value(spec.type, text, spec.flag)
+    return out
+
+
+def parse_value(tp: Any, text: str, flag: str) -> Any:
+    """Parse the command-line ``text`` of a field of type ``tp``; UsageError if it does not
+    parse (range checks are the dataclasses' job)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if text.lower() == "none" and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _parse_value(inner[0], text, flag)
+        return parse_value(inner[0], text, flag)
     if origin is typing.Literal:
         if text not in args:
             raise UsageError(
@@ -171,43 +349,24 @@ def _parse_value(tp: Any, text: str, flag: str) -> Any:
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise UsageError(f"invalid {flag} {text!r}; expected true or false")
-    try:
-        return tp(text)
-    except (TypeError, ValueError):
-        raise UsageError(f"invalid {flag} {text!r}; expected {tp.__name__}") from None
-
-
-def add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, title: str, seen: set[str]
-) -> list[tuple[str, Any]]:
-    """Add one flag per field of ``cls`` (skipping names in ``seen``); returns (field, type)."""
-    group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(cls)
-    docs = _field_docs(cls)
-    added = []
-    for f in dataclasses.fields(cls):
-        if f.name in seen or f.name in _TOP_LEVEL:
-            continue
-        seen.add(f.name)
-        tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = (docs.get(f.name, "") + f" (default {default!r})").strip()
-        group.add_argument(
-            _flag(f.name),
-            dest=f"cfg_{f.name}",
-            default=None,
-            metavar=f.name.upper(),
-            help=help_text.replace("%", "%%"),
-        )
-        added.append((f.name, tp))
-    return added
+    if tp is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"invalid {flag} {text!r}; expected a number") from None
+        if not math.isfinite(value):
+            raise UsageError(f"invalid {flag} {text!r}; expected a finite number")
+        return value
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"invalid {flag} {text!r}; expected an integer") from None
+    return tp(text)
 
 
 def _field_docs(cls: type) -> dict[str, str]:
     """Field docstrings (the string literal right after each field), first sentence."""
-    import ast
-    import inspect
-
     try:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):
@@ -225,18 +384,3 @@ def _field_docs(cls: type) -> dict[str, str]:
             text = " ".join(nxt.value.value.split())
             docs[node.target.id] = text.split(". ")[0].rstrip(".")
     return docs
-
-
-def parse_field(cls: type, name: str, text: str) -> Any:
-    """Parse the command-line text of field ``name`` of ``cls``."""
-    return _parse_value(typing.get_type_hints(cls)[name], text, _flag(name))
-
-
-def check_section(cls: type, values: dict[str, Any], where: str) -> None:
-    """UsageError if ``values`` has a key that is not a field of ``cls``."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise UsageError(
-            f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(names)) or 'none'}"
-        )

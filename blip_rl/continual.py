@@ -6,17 +6,25 @@ For each game of the sequence, in order:
    the new game's first updates in the old game's directions; every game starts at the full
    learning rate and anneals to 0 within its own budget) on the game's training envs, with the
    method's ``before_game`` hook (BLIP attaches its constraint to the optimizer here);
-2. ``steps_per_game`` env steps of PPO; every ``eval_every`` global steps every game of the
-   sequence, seen or not, is evaluated; every ``checkpoint_every`` steps a checkpoint is written;
+2. ``steps_per_game`` env steps of PPO (less the method's ``reserved_steps``) in the one training
+   loop, :meth:`PPO.train <blip_rl.ppo.PPO.train>`, whose per-iteration callbacks keep the
+   Fisher states, log, run the method's ``after_update``, evaluate every game of the sequence
+   every ``eval_every`` global steps and checkpoint every ``checkpoint_every`` steps;
 3. the method's ``after_game`` (BLIP: Fisher from the game's last ``fisher_states`` training
-   states, then bit freezing);
+   states, then bit freezing; PackNet: pruning, then its reserved steps through ``ctx.train``);
 4. evaluation of every game: row ``i`` of the matrix ``R[i][j]``; forgetting is logged;
 5. a checkpoint.
 
 Run folder ``runs/<name>/``: ``config.json``, TensorBoard event files, ``checkpoints/latest.pt``
 (rewritten atomically) and ``checkpoints/after-game-<k>.pt``, ``evals.csv`` and ``matrix.csv``,
-``metrics.json`` (updated after each game) and ``summary.json`` (at the end). Every file is
-written to a temporary name and renamed, so a kill at any moment leaves the previous version.
+``metrics.json`` (updated after each game) and ``summary.json`` (at the end; both strict JSON,
+``null`` where a value is undefined). Every file is written to a temporary name and renamed, so
+a kill at any moment leaves the previous version.
+
+Branch (``--from-checkpoint RUN/checkpoints/after-game-K.pt``): a new run folder starts from
+another run's state after game ``K`` (network, history, position) and trains games ``K+1..``;
+its method is the source's or ``finetune`` (e.g. BLIP's game 1 trained once, then fine-tuning
+and BLIP continue from the same state).
 
 Resume (``--resume``): the last checkpoint restores the network with its BLIP state, the
 optimizer and learning-rate schedule, the method's state, the RNG states, the evaluation history
@@ -43,21 +51,17 @@ import torch
 from tqdm import tqdm
 
 from blip_rl import atari, metrics
+from blip_rl.config import RunConfig
 from blip_rl.errors import UsageError
-from blip_rl.files import atomic_write
+from blip_rl.files import atomic_write, write_json
 from blip_rl.methods import METHODS, ContinualMethod, GameContext
 from blip_rl.nets import ActorCritic
-from blip_rl.ppo import PPO, autocast_dtype
+from blip_rl.ppo import PPO, IterationResult, autocast_dtype
 from blip_rl.tblog import TBLogger
 
-__all__ = ["CHECKPOINT_FORMAT", "ContinualRun", "atomic_write", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "ContinualRun", "check_branch", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "blip-rl-checkpoint-1"
-FULL_ACTION_SET = 18
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -76,10 +80,38 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
+    """UsageError unless a run with ``config`` can start from the after-game checkpoint
+    ``source`` (``--from-checkpoint``): the same first games, protocol and evaluation, and a
+    method that can take over the source's state (the same method, or ``finetune``)."""
+    src = RunConfig.from_json(source["config"])
+    done = source["progress"]["game_index"] + 1
+    where = f"--from-checkpoint {config.branched_from}"
+    if config.games[:done] != src.games[:done] or len(config.games) <= done:
+        raise UsageError(
+            f"{where}: the run trained {', '.join(src.games[:done])}; --games must start with "
+            f"those games and add at least one ({', '.join(config.games)} given)"
+        )
+    if config.method not in (src.method, "finetune"):
+        raise UsageError(
+            f"{where}: method {config.method} cannot continue a {src.method} run (its state "
+            f"after game {done} is missing); use an agent of method {src.method} or finetune"
+        )
+    for name in ("atari", "eval_episodes", "shared_head", "seed"):
+        if getattr(config, name) != getattr(src, name):
+            raise UsageError(
+                f"{where}: {name} differs from the source run's ({getattr(src, name)!r}); "
+                "a branch keeps it so that its matrix rows compare"
+            )
+    shapes = (src.net.channels, src.net.hidden)
+    if (config.net.channels, config.net.hidden) != shapes:
+        raise UsageError(f"{where}: the network shape differs from the source run's {shapes}")
+
+
 @dataclass
 class _Progress:
     game_index: int = 0
-    """Game being trained (or the next one when ``game_done``)."""
+    """Game being trained (or the last one finished when ``game_done``)."""
     step_in_game: int = 0
     global_step: int = 0
     game_done: bool = False
@@ -98,57 +130,143 @@ class _History:
     after_game: list[dict[str, float]] = field(default_factory=list)
 
 
+# ---------------------------------------------------------------------------------- callbacks
+class RunCallback:
+    """Something that attaches to the training loop (SB3-style): called after every PPO
+    iteration (``on_iteration``) with the run, the game's context and the iteration's result."""
+
+    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
+        """After one rollout and update."""
+
+
+class _KeepFisherStates(RunCallback):
+    """Copies of the game's last rollouts (the storage is overwritten each iteration), kept
+    only within the game's last ``fisher_states`` steps: the states a method's Fisher uses."""
+
+    def __init__(self, keep: int, last_step: int) -> None:
+        self.keep, self.last_step = keep, last_step
+        self.states: list[torch.Tensor] = []
+
+    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
+        if self.last_step - result.global_step < self.keep:
+            self.states.append(ctx.ppo.storage.obs.flatten(0, 1).clone())
+
+
+class _TrainLog(RunCallback):
+    """Episode returns, losses and speed to TensorBoard; the progress bar."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+        self.last_return = math.nan
+
+    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
+        step, log = run.progress.global_step, run.log
+        assert log is not None
+        for ep in result.episodes:
+            log.writer.add_scalar(f"train/{ctx.game.name}/episode_return", ep.score, step)
+            self.last_return = ep.score
+        log.losses(result.losses, step)
+        log.scalars({"perf/steps_per_s": result.steps_per_s}, step)
+        self.bar.update(run.ppo_config.batch_size)
+        self.bar.set_postfix(
+            sps=f"{result.steps_per_s:.0f}", ret=f"{self.last_return:.1f}", refresh=False
+        )
+
+
+class _MethodHooks(RunCallback):
+    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
+        run.method.after_update(ctx)
+
+
+class _PeriodicEval(RunCallback):
+    """Every ``eval_every`` global steps: every game of the sequence (not at the game's very
+    end, where the after-game evaluation follows)."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+
+    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
+        prog, every = run.progress, run.cfg.eval_every
+        if prog.next_eval > 0 and prog.global_step >= prog.next_eval:
+            while prog.next_eval <= prog.global_step:
+                prog.next_eval += every
+            if result.global_step < self.end:
+                run.evaluate_all(after_game=None)
+
+
+class _PeriodicCheckpoint(RunCallback):
+    """Every ``checkpoint_every`` global steps (not at the game's end: the after-game one)."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+
+    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
+        prog, every = run.progress, run.cfg.checkpoint_every
+        if every > 0 and prog.global_step >= prog.next_checkpoint and result.global_step < self.end:
+            while prog.next_checkpoint <= prog.global_step:
+                prog.next_checkpoint += every
+            run.checkpoint(ctx.ppo)
+
+
+# ---------------------------------------------------------------------------------------- run
 class ContinualRun:
     """One run: a game sequence, an agent, a run folder.
 
     Args:
         run_dir: the run folder (created by the caller for a new run; holds config.json).
-        config: the resolved run config (:class:`blip_rl.config.RunConfig`).
+        config: the run's configuration.
         resume: continue from the folder's last checkpoint.
         progress: show tqdm bars.
+        branch: an after-game checkpoint of another run to start from (``--from-checkpoint``;
+            check it first with :func:`check_branch`).
     """
 
-    def __init__(self, run_dir: Path, config: Any, resume: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        config: RunConfig,
+        resume: bool = False,
+        progress: bool = True,
+        branch: dict[str, Any] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.cfg = config
         self.show_progress = progress
         self.games = [atari.resolve_game(g) for g in config.games]
-        self.atari_config = atari.AtariConfig(**config.atari)
-        self.ppo_config = config.ppo_config()
+        self.atari_config = config.atari
+        self.ppo_config = config.ppo
         self.device = torch.device(config.device)
         # Heads: one per distinct game (a game that returns uses its head again) or one shared.
+        order = list(dict.fromkeys(g.name for g in self.games))
+        by_name = {g.name: g for g in self.games}
         if config.shared_head:
             self.head_of = [0] * len(self.games)
-            counts = [FULL_ACTION_SET]
+            counts = [atari.FULL_ACTION_COUNT]
         else:
-            order: list[str] = []
-            for g in self.games:
-                if g.name not in order:
-                    order.append(g.name)
             self.head_of = [order.index(g.name) for g in self.games]
-            by_name = {g.name: g for g in self.games}
+            full = self.atari_config.full_action_space
             counts = [
-                FULL_ACTION_SET
-                if self.atari_config.full_action_space
-                else by_name[n].minimal_actions
-                for n in order
+                atari.FULL_ACTION_COUNT if full else by_name[n].minimal_actions for n in order
             ]
-        self.eval_names = list(dict.fromkeys(g.name for g in self.games))
+        self.eval_names = order
         self.progress = _Progress()
         self.history = _History()
+        self.log: TBLogger | None = None
         # A run killed before its first checkpoint (written right at the start) has nothing to
         # resume from: it starts over in its folder, dropping the few events it logged.
         latest = self.ckpt_dir / "latest.pt"
         self._restart = resume and not latest.exists()
         checkpoint = load_checkpoint(latest) if resume and not self._restart else None
         _seed_everything(config.seed)
-        self.net = ActorCritic(counts, config.net_config()).to(self.device)
-        method_cls = METHODS[config.method]
-        self.method: ContinualMethod = method_cls(config.method_config_object())
+        self.net = ActorCritic(counts, config.net).to(self.device)
+        self.method: ContinualMethod = METHODS[config.method](config.method_config)
         self.method.setup(self.net)
         self.ppo_state: dict[str, Any] | None = None
+        self._branched = False
         if checkpoint is not None:
             self._restore(checkpoint)
+        elif branch is not None:
+            self._branch(branch)
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -176,7 +294,40 @@ class ContinualRun:
         self.ppo_state = ckpt.get("ppo")
         self.progress.resumes += 1
 
-    def _checkpoint(self, ppo: PPO | None, name: str | None = None) -> None:
+    def _branch(self, ckpt: dict[str, Any]) -> None:
+        """Start from another run's after-game state: the network's parameters (and BLIP state
+        where both networks have it), the method's state when it is the same method, the
+        history and the position; a fresh schedule of evaluations and checkpoints."""
+        own = self.net.state_dict()
+        src = ckpt["net"]
+        missing = [k for k, v in self.net.named_parameters() if k not in src]
+        if missing:
+            raise UsageError(f"--from-checkpoint: the source network has no {missing[0]}")
+        try:
+            self.net.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
+        except RuntimeError as exc:
+            raise UsageError(f"--from-checkpoint: {str(exc).splitlines()[0][:160]}") from None
+        if ckpt["config"].get("method") == self.cfg.method:
+            self.method.load_state_dict(ckpt["method"])
+        p = ckpt["progress"]
+        self.progress = _Progress(
+            game_index=p["game_index"],
+            step_in_game=p["step_in_game"],
+            global_step=p["global_step"],
+            game_done=True,
+            next_eval=p["next_eval"],
+            next_checkpoint=p["next_checkpoint"],
+        )
+        self.history = _History(
+            evals=list(ckpt["evals"]),
+            matrix=[list(r) for r in ckpt["matrix"]],
+            after_game=list(ckpt.get("after_game", [])),
+        )
+        self._branched = True
+
+    def checkpoint(self, ppo: PPO | None, name: str | None = None) -> None:
+        """Write ``checkpoints/latest.pt`` (and ``checkpoints/<name>``), atomically."""
+        self.progress.wall_time = self._wall()
         state = {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_json(),
@@ -219,8 +370,9 @@ class ContinualRun:
 
         return act
 
-    def _evaluate_all(self, log: TBLogger, after_game: int | None) -> list[float]:
+    def evaluate_all(self, after_game: int | None) -> list[float]:
         """Evaluate every distinct game; log the returns at the global step."""
+        assert self.log is not None
         step = self.progress.global_step
         round_index = len({e["global_step"] for e in self.history.evals})
         results: dict[str, float] = {}
@@ -238,7 +390,7 @@ class ContinualRun:
             mean = float(np.mean(scores))
             norm = atari.human_normalized(self.games[k], mean)
             results[name] = mean
-            log.eval_return(name, mean, norm, step)
+            self.log.eval_return(name, mean, norm, step)
             self.history.evals.append(
                 {
                     "global_step": step,
@@ -278,7 +430,7 @@ class ContinualRun:
         for i, row in enumerate(self.history.matrix):
             w.writerow([f"{i + 1}:{names[i]}", *(f"{v:.4f}" for v in row)])
         atomic_write(self.run_dir / "matrix.csv", buf.getvalue().encode())
-        _atomic_json(self.run_dir / "metrics.json", self._metrics())
+        write_json(self.run_dir / "metrics.json", self._metrics())
 
     def _metrics(self) -> dict[str, Any]:
         names = [g.name for g in self.games]
@@ -299,9 +451,10 @@ class ContinualRun:
 
     # ------------------------------------------------------------------------------ the loop
     def _fisher_states_fn(
-        self, recent: list[torch.Tensor], game_index: int
+        self, keeper: _KeepFisherStates, game_index: int
     ) -> Callable[[int], torch.Tensor]:
         def get(n: int) -> torch.Tensor:
+            recent = keeper.states
             states = (
                 torch.cat(recent)[-n:]
                 if recent
@@ -333,144 +486,158 @@ class ContinualRun:
             envs.close()
         return torch.cat(out)[:n]
 
+    def _wall(self) -> float:
+        return self._wall0 + time.perf_counter() - self._started
+
     def run(self) -> dict[str, Any]:
         """Train the whole sequence (or its remainder after a resume); returns the summary."""
         cfg, prog = self.cfg, self.progress
-        n = len(self.games)
         purge = prog.global_step if prog.resumes else (0 if self._restart else None)
-        log = TBLogger(str(self.run_dir), purge_step=purge)
-        started = time.perf_counter()
-        wall0 = prog.wall_time
+        self.log = log = TBLogger(str(self.run_dir), purge_step=purge)
+        self._started, self._wall0 = time.perf_counter(), prog.wall_time
         try:
             if not prog.resumes:
                 log.hparams(_flat_hparams(cfg), ["summary/average_final_return"])
                 log.text("config", "```\n" + json.dumps(cfg.to_json(), indent=2) + "\n```")
-                prog.next_eval = cfg.eval_every if cfg.eval_every > 0 else -1
-                prog.next_checkpoint = cfg.checkpoint_every
-                self._checkpoint(None)
+                if self._branched:  # the source run's evaluations, so every curve is whole
+                    for e in self.history.evals:
+                        log.eval_return(e["game"], e["return"], e["normalized"], e["global_step"])
+                else:
+                    prog.next_eval = cfg.eval_every if cfg.eval_every > 0 else -1
+                    prog.next_checkpoint = cfg.checkpoint_every
+                self.checkpoint(None)
             first = prog.game_index + (1 if prog.game_done else 0)
-            for k in range(first, n):
+            for k in range(first, len(self.games)):
                 if prog.game_done:
                     prog.game_index, prog.step_in_game, prog.game_done = k, 0, False
-                self._train_game(k, log, started, wall0)
-            summary = self._summary(time.perf_counter() - started + wall0)
+                self._train_game(k)
+            summary = self._summary(self._wall())
             log.scalars(
                 {f"summary/{k}": v for k, v in summary["scalars"].items()}, prog.global_step
             )
-            _atomic_json(self.run_dir / "summary.json", summary)
+            write_json(self.run_dir / "summary.json", summary)
             return summary
         finally:
             log.close()
+            self.log = None
 
-    def _train_game(self, k: int, log: TBLogger, started: float, wall0: float) -> None:
+    def _train_game(self, k: int) -> None:
         cfg, prog = self.cfg, self.progress
         game, head = self.games[k], self.head_of[k]
+        batch = self.ppo_config.batch_size
         envs = atari.make_train_envs(game, self.ppo_config.num_envs, None, self.atari_config)
         try:
+            reserved = int(self.method.reserved_steps(cfg.steps_per_game))
+            if not 0 <= reserved <= cfg.steps_per_game - batch:
+                raise ValueError(
+                    f"method {cfg.method} reserves {reserved} of the game's "
+                    f"{cfg.steps_per_game} steps; it may reserve up to "
+                    f"{cfg.steps_per_game - batch} (one rollout must remain)"
+                )
+            main_steps = cfg.steps_per_game - reserved
             ppo = PPO(
                 self.net,
                 envs,
                 self.ppo_config,
                 head=head,
-                total_steps=cfg.steps_per_game,
+                total_steps=main_steps,
                 device=self.device,
-                extra_loss=self.method.extra_loss,
+                extra_loss=lambda: self.method.extra_loss(ctx),
             )
             if self.ppo_state is not None and prog.step_in_game > 0:
                 ppo.load_state_dict(self.ppo_state)
             self.ppo_state = None
-            # Copies of the game's last rollouts (the storage is overwritten each iteration),
-            # kept only for the last ``fisher_states`` steps: the states a method's Fisher uses.
-            keep = getattr(self.method.config, "fisher_states", 0)
-            recent: list[torch.Tensor] = []
+            main_end = -(-main_steps // batch) * batch  # whole rollouts
+            keep = getattr(cfg.method_config, "fisher_states", 0)
+            keeper = _KeepFisherStates(keep, main_end)
             ctx = GameContext(
                 net=self.net,
                 ppo=ppo,
                 game=game,
                 game_index=k,
                 head=head,
-                fisher_states=self._fisher_states_fn(recent, k),
+                fisher_states=self._fisher_states_fn(keeper, k),
+                steps_per_game=cfg.steps_per_game,
             )
-            self.method.before_game(ctx)
-            ppo.reset_envs(seed=cfg.seed * 1000 + 100 * k + prog.resumes)
-            batch = self.ppo_config.batch_size
-            last_steps = -(-cfg.steps_per_game // batch) * batch  # whole rollouts
             bar = tqdm(
-                total=last_steps,
+                total=-(-cfg.steps_per_game // batch) * batch,
                 initial=ppo.global_step,
                 desc=f"game {k + 1}/{len(self.games)} {game.name}",
                 unit="step",
                 disable=not self.show_progress,
                 dynamic_ncols=True,
             )
-            last_return = math.nan
+            log_cb = _TrainLog(bar)
+            main = [keeper, log_cb, _MethodHooks(), _PeriodicEval(main_end)]
+            main.append(_PeriodicCheckpoint(main_end))
+            ctx.train = self._method_phase(ctx, [log_cb, _MethodHooks()])
+            self.method.before_game(ctx)
+            ppo.reset_envs(seed=cfg.seed * 1000 + 100 * k + prog.resumes)
             with bar:
-                while ppo.global_step < cfg.steps_per_game:
-                    t0 = time.perf_counter()
-                    episodes = ppo.collect()
-                    if last_steps - ppo.global_step < keep:
-                        recent.append(ppo.storage.obs.flatten(0, 1).clone())
-                    losses = ppo.update()
-                    self.method.after_update(ctx)
-                    sps = self.ppo_config.batch_size / max(time.perf_counter() - t0, 1e-9)
-                    prog.global_step += self.ppo_config.batch_size
-                    prog.step_in_game = ppo.global_step
-                    step = prog.global_step
-                    for ep in episodes:
-                        log.writer.add_scalar(f"train/{game.name}/episode_return", ep.score, step)
-                        last_return = ep.score
-                    log.losses(losses, step)
-                    log.scalars({"perf/steps_per_s": sps}, step)
-                    bar.update(self.ppo_config.batch_size)
-                    bar.set_postfix(sps=f"{sps:.0f}", ret=f"{last_return:.1f}", refresh=False)
-                    if prog.next_eval > 0 and step >= prog.next_eval:
-                        while prog.next_eval <= step:
-                            prog.next_eval += cfg.eval_every
-                        if ppo.global_step < cfg.steps_per_game:  # else the after-game eval
-                            self._evaluate_all(log, after_game=None)
-                    if (
-                        cfg.checkpoint_every > 0
-                        and step >= prog.next_checkpoint
-                        and ppo.global_step < cfg.steps_per_game
-                    ):
-                        while prog.next_checkpoint <= step:
-                            prog.next_checkpoint += cfg.checkpoint_every
-                        prog.wall_time = wall0 + time.perf_counter() - started
-                        self._checkpoint(ppo)
-            scalars = self.method.after_game(ctx)
-            self._log_method(log, scalars)
-            row = self._evaluate_all(log, after_game=k)
+                ppo.train(main_steps - ppo.global_step, callback=self._callback(ctx, main))
+                scalars = self.method.after_game(ctx)
+            self._log_method(scalars)
+            row = self.evaluate_all(after_game=k)
             self.history.matrix.append(row)
             self.history.after_game.append(scalars)
+            assert self.log is not None
             for j, f in metrics.forgetting_after(self.history.matrix, k).items():
-                log.writer.add_scalar(f"forgetting/{self.games[j].name}", f, prog.global_step)
-            log.matrix(self.history.matrix, [g.name for g in self.games], prog.global_step)
+                self.log.writer.add_scalar(f"forgetting/{self.games[j].name}", f, prog.global_step)
+            self.log.matrix(self.history.matrix, [g.name for g in self.games], prog.global_step)
             self._write_matrix()
             prog.game_done = True
-            prog.wall_time = wall0 + time.perf_counter() - started
-            self._checkpoint(None, name=f"after-game-{k + 1}.pt")
-            log.flush()
+            self.checkpoint(None, name=f"after-game-{k + 1}.pt")
+            self.log.flush()
         finally:
             envs.close()
 
-    def _log_method(self, log: TBLogger, scalars: dict[str, float]) -> None:
+    def _callback(
+        self, ctx: GameContext, callbacks: list[RunCallback]
+    ) -> Callable[[PPO, IterationResult], None]:
+        """The per-iteration callback of ``PPO.train``: count the steps, then every callback."""
+
+        def on_iteration(ppo: PPO, result: IterationResult) -> None:
+            self.progress.global_step += self.ppo_config.batch_size
+            self.progress.step_in_game = ppo.global_step
+            for cb in callbacks:
+                cb.on_iteration(self, ctx, result)
+
+        return on_iteration
+
+    def _method_phase(
+        self, ctx: GameContext, callbacks: list[RunCallback]
+    ) -> Callable[[int, float], int]:
+        """``ctx.train``: extra steps of the game asked for by the method (logged and counted,
+        no evaluation or checkpoint inside: the after-game checkpoint follows)."""
+
+        def train(steps: int, lr_scale: float) -> int:
+            batch = self.ppo_config.batch_size
+            steps = -(-int(steps) // batch) * batch
+            if steps <= 0:
+                return 0
+            before = ctx.ppo.global_step
+            ctx.ppo.restart_schedule(self.ppo_config.learning_rate * lr_scale, steps)
+            ctx.ppo.train(steps, callback=self._callback(ctx, callbacks))
+            return ctx.ppo.global_step - before
+
+        return train
+
+    def _log_method(self, scalars: dict[str, float]) -> None:
+        assert self.log is not None
         step = self.progress.global_step
-        log.scalars({f"method/{k}": v for k, v in scalars.items()}, step)
+        self.log.scalars({f"method/{k}": v for k, v in scalars.items()}, step)
         if self.method.needs_blip_layers:
-            log.blip(self.net, step, self.method.memory_bytes_per_param(self.net))
+            self.log.blip(self.net, step, self.method.memory_bytes_per_param(self.net))
 
     def _summary(self, wall: float) -> dict[str, Any]:
         m = self._metrics()
-        scalars = {
-            k: m[k]
-            for k in (
-                "average_final_return",
-                "average_forgetting",
-                "backward_transfer",
-                "average_final_normalized",
-            )
-            if k in m and m[k] is not None and not math.isnan(m[k])
-        }
+        keys = (
+            "average_final_return",
+            "average_forgetting",
+            "backward_transfer",
+            "average_final_normalized",
+        )
+        scalars = {k: m[k] for k in keys if k in m and m[k] is not None and not math.isnan(m[k])}
         return {
             "games": [g.name for g in self.games],
             "agent": self.cfg.agent,
@@ -480,6 +647,7 @@ class ContinualRun:
             "global_steps": self.progress.global_step,
             "wall_time_s": wall,
             "resumes": self.progress.resumes,
+            "branched_from": self.cfg.branched_from,
             "memory_bytes_per_param": self.method.memory_bytes_per_param(self.net),
             "after_game": self.history.after_game,
             "metrics": m,
@@ -498,14 +666,14 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _flat_hparams(cfg: Any) -> dict[str, Any]:
+def _flat_hparams(cfg: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in cfg.to_json().items():
         if isinstance(v, dict):
             for k2, v2 in v.items():
-                out[f"{k}.{k2}"] = v2
+                out[f"{k}.{k2}"] = ",".join(map(str, v2)) if isinstance(v2, list) else v2
         elif isinstance(v, list):
             out[k] = ",".join(map(str, v))
-        else:
+        elif v is not None:
             out[k] = v
     return out

@@ -1,12 +1,23 @@
-"""Atomic file writes: every file a run or a report writes goes through here."""
+"""Files of a run folder: atomic writes, strict JSON, and the lock of a folder being trained in.
+
+Every file a run or a report writes goes through :func:`atomic_write` (or :func:`write_json`).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write"]
+try:  # POSIX; on other systems the lock is a no-op
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["RunLock", "atomic_write", "json_safe", "write_json"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -24,3 +35,58 @@ def atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON ``null``), recursively
+    through dicts, lists and tuples: strict JSON readers (jq, browsers) reject ``NaN``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (NaN and infinities as ``null``), atomically."""
+    text = json.dumps(json_safe(obj), indent=2, allow_nan=False)
+    atomic_write(path, (text + "\n").encode())
+
+
+class RunLock:
+    """An exclusive OS lock on a run folder, held while a process trains in it.
+
+    ``flock`` on the folder itself (no file is created in it): the kernel releases the lock
+    when the process exits, however it exits, so a SIGKILLed run can be resumed at once.
+    :meth:`acquire` returns False while another process holds it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False if another process holds it."""
+        fd = os.open(self.path, os.O_RDONLY)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Give the lock back."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from blip_rl.quant import BlipConv2d, BlipLayer, BlipLinear
+from blip_rl.validate import check_bool, check_int, check_number
 
 __all__ = ["NetConfig", "ActorCritic", "PAPER_NET"]
 
@@ -53,6 +54,23 @@ class NetConfig:
     """Fisher prior in the reference implementation's units (the paper's 5e-18). Each layer's
     prior in this project's true-Fisher units is ``f_prior * 62**2 * n`` (see
     :class:`~blip_rl.BlipLinear`). Ignored when blip=False."""
+
+    def __post_init__(self) -> None:
+        channels = tuple(self.channels) if isinstance(self.channels, list | tuple) else None
+        if (
+            channels is None
+            or len(channels) != 3
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels)
+        ):
+            shown = ",".join(map(str, self.channels)) if channels else self.channels
+            raise ValueError(
+                f"invalid --channels {shown!r}; expected three integers >= 1, e.g. 32,64,64"
+            )
+        self.channels = channels
+        check_int(self, "hidden", 1)
+        check_bool(self, "blip")
+        check_int(self, "max_bits", 1, 32)
+        check_number(self, "f_prior", 0.0)
 
 
 PAPER_NET = NetConfig(channels=(32, 64, 128), hidden=1024)

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from blip_rl.nets import ActorCritic
+from blip_rl.validate import check_bool, check_choice, check_int, check_number
 
 __all__ = [
     "PPOConfig",
@@ -121,29 +122,28 @@ class PPOConfig:
         """Transitions per minibatch: ``batch_size // num_minibatches``."""
         return self.batch_size // self.num_minibatches
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field."""
+        """Raise ``ValueError`` naming the first bad field (also run on construction)."""
         for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} is not accepted: use an integer >= 1")
+            check_int(self, name, 1)
         if self.num_minibatches > self.batch_size:
             raise ValueError(
-                f"num_minibatches={self.num_minibatches} is not accepted: use at most "
+                f"invalid --num-minibatches {self.num_minibatches}; expected at most "
                 f"num_envs * num_steps = {self.batch_size}"
             )
-        for name in ("learning_rate", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} is not accepted: use a number >= 0"
-                )
+        check_number(self, "learning_rate", 0.0)
+        for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
+            check_number(self, name, 0.0)
         for name in ("gamma", "gae_lambda"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not accepted: use 0..1")
-        if not self.adam_eps > 0:
-            raise ValueError(f"adam_eps={self.adam_eps!r} is not accepted: use a number > 0")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision={self.precision!r} is not accepted: use 'bf16' or 'fp32'")
+            check_number(self, name, 0.0, 1.0)
+        check_number(self, "adam_eps", 0.0, low_open=True)
+        check_number(self, "target_kl", 0.0, low_open=True, allow_none=True)
+        for name in ("anneal_lr", "norm_adv", "clip_vloss", "channels_last"):
+            check_bool(self, name)
+        check_choice(self, "precision", ("bf16", "fp32"))
 
 
 class Episode(NamedTuple):
@@ -394,6 +394,8 @@ class PPO:
         """Env steps (all envs) collected in this game."""
         self.updates = 0
         """Completed ``update()`` calls; sets the learning-rate schedule position."""
+        self._schedule = (float(config.learning_rate), 0, self.total_steps)
+        # (starting rate, updates when the schedule started, env steps it anneals over)
         self._next_obs: torch.Tensor | None = None
         self._next_done = torch.zeros(config.num_envs, device=self.device)
 
@@ -414,10 +416,21 @@ class PPO:
     def learning_rate(self) -> float:
         """The learning rate of the next ``update()``: ``lr0 * max(0, 1 - k * B / total_steps)``
         for update ``k`` (0-based) and batch size ``B``; ``lr0`` if annealing is off."""
-        lr = self.config.learning_rate
+        lr, start, steps = self._schedule
         if self.config.anneal_lr:
-            lr *= max(0.0, 1.0 - self.updates * self.config.batch_size / self.total_steps)
+            lr *= max(0.0, 1.0 - (self.updates - start) * self.config.batch_size / steps)
         return lr
+
+    def restart_schedule(self, learning_rate: float, steps: int) -> None:
+        """Start a new learning-rate schedule at the next ``update()``: ``learning_rate``,
+        annealed linearly to 0 over the next ``steps`` env steps (if ``anneal_lr``). The
+        sanctioned way for a caller to run a phase of extra training (e.g. PackNet's retraining
+        after pruning) on the same learner."""
+        if steps < 1 or not learning_rate >= 0:
+            raise ValueError(
+                f"restart_schedule({learning_rate!r}, {steps!r}): need rate >= 0, steps >= 1"
+            )
+        self._schedule = (float(learning_rate), self.updates, int(steps))
 
     def reset_envs(self, seed: int | None = None) -> None:
         """Reset all environments (sub-env ``i`` gets seed ``seed + i``); the next ``collect()``
@@ -599,6 +612,7 @@ class PPO:
             "updates": self.updates,
             "head": self.head,
             "total_steps": self.total_steps,
+            "schedule": list(self._schedule),
             "config": asdict(self.config),
         }
 
@@ -619,5 +633,7 @@ class PPO:
         self.global_step = int(state["global_step"])
         self.updates = int(state["updates"])
         self.total_steps = int(state["total_steps"])
+        lr, start, steps = state.get("schedule", (self.config.learning_rate, 0, self.total_steps))
+        self._schedule = (float(lr), int(start), int(steps))
         self._next_obs = None
         self.storage.filled = False

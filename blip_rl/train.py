@@ -9,7 +9,6 @@ preset (``agents/<name>.toml``: ``[net]``, ``[settings]``, ``[ppo]``) is also a 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -19,24 +18,22 @@ from typing import Any
 import torch
 
 from blip_rl import atari
-from blip_rl.config import RunConfig, add_dataclass_flags, list_agents, load_agent, parse_field
+from blip_rl.config import (
+    FlagTable,
+    RunConfig,
+    add_config_flags,
+    given_flags,
+    list_agents,
+    load_agent,
+)
 from blip_rl.errors import UsageError, cli
-from blip_rl.methods import METHODS
+from blip_rl.files import RunLock
 from blip_rl.nets import NetConfig
 from blip_rl.ppo import PPOConfig
 
-_RUN_FLAGS: dict[str, tuple[type, Any, str]] = {
-    "steps_per_game": (int, 200_000, "env steps of training per game (all envs together)"),
-    "seed": (int, 1, "one seed for network, envs and sampling"),
-    "num_envs": (int, 8, "parallel environments"),
-    "eval_every": (int, 50_000, "evaluate every game every N global env steps (0: after games)"),
-    "eval_episodes": (int, 8, "episodes per game per evaluation"),
-    "checkpoint_every": (int, 50_000, "checkpoint every N env steps (always after each game)"),
-}
 
-
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[tuple[str, Any]]]]:
-    """The parser, and per config section the generated (field, type) flags."""
+def build_parser() -> tuple[argparse.ArgumentParser, FlagTable]:
+    """The parser, and the table of the flags generated from the configuration dataclasses."""
     parser = argparse.ArgumentParser(
         prog="python -m blip_rl.train",
         description="Learn a sequence of Atari games with one continual-learning PPO agent.",
@@ -54,20 +51,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[tuple[str, A
         metavar="NAME",
         help=f"agent preset from agents/ (default blip; available: {', '.join(list_agents())})",
     )
-    for name, (_, default, text) in _RUN_FLAGS.items():
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=str,
-            default=None,
-            metavar="N",
-            help=f"{text} (default {default})",
-        )
-    parser.add_argument(
-        "--shared-head",
-        action="store_true",
-        default=None,
-        help="one pair of heads with the full 18-action set for all games",
-    )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda or auto (default auto: cuda when available)"
     )
@@ -75,6 +58,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[tuple[str, A
     parser.add_argument("--runs-dir", default="runs", help="parent folder of runs (default runs)")
     parser.add_argument(
         "--resume", default=None, metavar="RUN_DIR", help="continue a killed run from its folder"
+    )
+    parser.add_argument(
+        "--from-checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="start a new run from another run's after-game checkpoint (RUN/checkpoints/"
+        "after-game-K.pt): same games, it trains from game K+1 on, e.g. to compare methods "
+        "from one shared state",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -88,32 +79,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[tuple[str, A
     parser.add_argument(
         "--list-agents", action="store_true", help="print the agent presets and exit"
     )
-    atari.add_env_arguments(parser)
-    generated: dict[str, list[tuple[str, Any]]] = {}
-    seen: set[str] = set()
-    generated["net"] = add_dataclass_flags(parser, NetConfig, "network ([net])", seen)
-    generated["ppo"] = add_dataclass_flags(parser, PPOConfig, "PPO ([ppo])", seen)
-    for name, cls in METHODS.items():
-        generated[f"method:{name}"] = add_dataclass_flags(
-            parser, cls.config_class, f"method {name} ([settings])", seen
-        )
-    return parser, generated
-
-
-def _int_flag(name: str, text: str | None, default: int, low: int) -> int:
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(
-            f"invalid --{name.replace('_', '-')} {text!r}; expected an integer"
-        ) from None
-    if value < low:
-        raise UsageError(
-            f"invalid --{name.replace('_', '-')} {value}; expected an integer >= {low}"
-        )
-    return value
+    table = add_config_flags(parser)
+    return parser, table
 
 
 def _device(text: str | None) -> str:
@@ -129,74 +96,36 @@ def _device(text: str | None) -> str:
     raise UsageError(f"invalid --device {text!r}; expected cpu, cuda or auto")
 
 
-def resolve_config(
-    args: argparse.Namespace, generated: dict[str, list[tuple[str, Any]]]
-) -> RunConfig:
-    """Preset, then flags: the run's full configuration. UsageError on any bad value."""
+def resolve_config(args: argparse.Namespace, table: FlagTable) -> RunConfig:
+    """Defaults, then presets, then flags: the run's full, validated configuration.
+
+    UsageError (one line) on any bad value; nothing is written."""
     agent = args.agent or "blip"
     preset = load_agent(agent)
-    sequence = atari.resolve_sequence(args.games or "@demo", atari.config_overrides_from_args(args))
-    atari_cfg = sequence.config
-    if args.shared_head:
-        atari_cfg = atari_cfg.replace(full_action_space=True)
-    values = {
-        name: _int_flag(name, getattr(args, name), default, 0 if "every" in name else 1)
-        for name, (_, default, _) in _RUN_FLAGS.items()
-    }
-    sections: dict[str, dict[str, Any]] = {
-        "net": dict(preset.net),
-        "ppo": dict(preset.ppo),
-        "settings": dict(preset.method_config),
-    }
-    method_cls = METHODS[preset.method]
-    for key, fields in generated.items():
-        target = {"net": "net", "ppo": "ppo"}.get(key, "settings")
-        cls = {"net": NetConfig, "ppo": PPOConfig}.get(key)
-        for name, _ in fields:
-            text = getattr(args, f"cfg_{name}")
-            if text is None:
-                continue
-            if key.startswith("method:"):
-                own = {f.name for f in dataclasses.fields(method_cls.config_class)}
-                if name not in own:
-                    raise UsageError(
-                        f"--{name.replace('_', '-')} does not apply to agent {agent!r} "
-                        f"(method {preset.method})"
-                    )
-                cls = method_cls.config_class
-            assert cls is not None
-            sections[target][name] = parse_field(cls, name, text)
-    sections["ppo"]["num_envs"] = values.pop("num_envs")
-    if "channels" in sections["net"]:
-        sections["net"]["channels"] = list(sections["net"]["channels"])
-    if method_cls.needs_blip_layers and not sections["net"].get("blip", True):
-        raise UsageError(f"agent {agent!r} (method {preset.method}) needs --blip true")
-    config = RunConfig(
-        games=[g.name for g in sequence.games],
-        games_spec=args.games or "@demo",
-        agent=agent,
-        method=preset.method,
-        shared_head=bool(args.shared_head),
-        device=_device(args.device),
-        atari=_atari_dict(atari_cfg),
-        net=sections["net"],
-        ppo=sections["ppo"],
-        method_config=sections["settings"],
-        **values,
-    )
-    try:  # the dataclasses validate their own fields
-        config.ppo_config().validate()
-        config.method_config_object()
-        NetConfig(
-            **{**sections["net"], "channels": tuple(sections["net"].get("channels", (32, 64, 64)))}
+    flags = given_flags(args, table)
+    for name in flags["method"]:
+        spec = table[f"cfg_method_{name}"]
+        if preset.method not in spec.methods:
+            raise UsageError(
+                f"{spec.flag} does not apply to agent {agent!r} (method {preset.method})"
+            )
+    games_spec = args.games if args.games is not None else "@demo"
+    try:
+        sequence = atari.resolve_sequence(games_spec, {**preset.env, **flags["atari"]})
+        return RunConfig(
+            games=[g.name for g in sequence.games],
+            games_spec=games_spec,
+            agent=agent,
+            method=preset.method,
+            device=_device(args.device),
+            atari=sequence.config,
+            net=NetConfig(**{**preset.net, **flags["net"]}),
+            ppo=PPOConfig(**{**preset.ppo, **flags["ppo"]}),
+            method_config={**preset.method_config, **flags["method"]},
+            **{**preset.run, **flags["run"]},
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # the dataclasses validate their own fields
         raise UsageError(" ".join(str(exc).split())) from None
-    return config
-
-
-def _atari_dict(cfg: atari.AtariConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 def _run_name(config: RunConfig) -> str:
@@ -229,38 +158,23 @@ def _new_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
     return run_dir
 
 
-def _resume_config(
-    args: argparse.Namespace, generated: dict[str, list[tuple[str, Any]]]
-) -> tuple[Path, RunConfig]:
+def _resume_config(args: argparse.Namespace, table: FlagTable) -> tuple[Path, RunConfig]:
     run_dir = Path(args.resume)
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder")
     cfg_file = run_dir / "config.json"
     if not cfg_file.is_file():
         raise UsageError(f"--resume {run_dir}: not a blip-rl run folder (no config.json)")
-    given = [
-        k
-        for k, v in vars(args).items()
-        if v is not None
-        and v is not False
-        and k
-        not in (
-            "resume",
-            "runs_dir",
-            "no_progress",
-            "device",
-            "list_games",
-            "list_agents",
-            "dry_run",
-        )
-    ]
+    allowed = {"resume", "runs_dir", "no_progress", "device", "list_games", "list_agents"}
+    given = [k for k, v in vars(args).items() if v not in (None, False) and k not in allowed]
     if given:
-        flag = "--" + given[0].removeprefix("cfg_").replace("_", "-")
+        flag = table[given[0]].flag if given[0] in table else "--" + given[0].replace("_", "-")
         raise UsageError(f"{flag} cannot change a resumed run: --resume uses the run's own config")
     try:
         config = RunConfig.from_json(json.loads(cfg_file.read_text()))
     except (ValueError, TypeError) as exc:
-        raise UsageError(f"--resume {run_dir}: unreadable config.json ({exc})") from None
+        first = " ".join(str(exc).split())[:200]
+        raise UsageError(f"--resume {run_dir}: unreadable config.json ({first})") from None
     if args.device is not None:
         config.device = _device(args.device)
     if (run_dir / "summary.json").is_file():
@@ -268,13 +182,40 @@ def _resume_config(
     return run_dir, config
 
 
+def _lock(run_dir: Path) -> RunLock:
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        raise UsageError(
+            f"run folder {run_dir} is in use by another training process; wait for it to end "
+            "(or stop it) before resuming"
+        )
+    return lock
+
+
+def _branch_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint of ``--from-checkpoint``; its run's games become the default ``--games``."""
+    from blip_rl.continual import load_checkpoint
+
+    if args.resume:
+        raise UsageError("--from-checkpoint starts a new run; it cannot be combined with --resume")
+    ckpt = load_checkpoint(Path(args.from_checkpoint))
+    if not ckpt["progress"].get("game_done"):
+        raise UsageError(
+            f"--from-checkpoint {args.from_checkpoint}: not an after-game checkpoint; use "
+            "RUN/checkpoints/after-game-K.pt"
+        )
+    if args.games is None:
+        args.games = ckpt["config"]["games_spec"]
+    return ckpt
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for bad input)."""
-    from blip_rl.continual import ContinualRun
-    from blip_rl.files import atomic_write
+    from blip_rl.continual import ContinualRun, check_branch
+    from blip_rl.files import write_json
 
-    parser, generated = build_parser()
+    parser, table = build_parser()
     args = parser.parse_args(argv)
     if args.list_games:
         print(atari.format_game_list())
@@ -284,25 +225,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<14}{load_agent(name).description}")
         return 0
     if args.resume:
-        run_dir, config = _resume_config(args, generated)
+        run_dir, config = _resume_config(args, table)
+        lock = _lock(run_dir)
         run = ContinualRun(run_dir, config, resume=True, progress=not args.no_progress)
         print(f"resuming {run_dir} at env step {run.progress.global_step}", file=sys.stderr)
     else:
-        config = resolve_config(args, generated)
+        source = _branch_source(args) if args.from_checkpoint else None
+        config = resolve_config(args, table)
+        if source is not None:
+            config.branched_from = str(args.from_checkpoint)
+            check_branch(config, source)
         if args.dry_run:
             print(json.dumps(config.to_json(), indent=2))
             return 0
         run_dir = _new_run_dir(args, config)
-        atomic_write(
-            run_dir / "config.json", (json.dumps(config.to_json(), indent=2) + "\n").encode()
-        )
-        run = ContinualRun(run_dir, config, progress=not args.no_progress)
+        lock = _lock(run_dir)
+        write_json(run_dir / "config.json", config.to_json())
+        run = ContinualRun(run_dir, config, progress=not args.no_progress, branch=source)
+        first = run.progress.game_index + (1 if run.progress.game_done else 0)
         print(
             f"run {run_dir}: {len(config.games)} games ({', '.join(config.games)}), "
-            f"agent {config.agent}, {config.steps_per_game} steps per game",
+            f"agent {config.agent}, {config.steps_per_game} steps per game"
+            + (f", from game {first + 1} ({config.branched_from})" if source else ""),
             file=sys.stderr,
         )
-    summary = run.run()
+    try:
+        summary = run.run()
+    finally:
+        lock.release()
     m = summary["metrics"]
     print(f"\nrun folder: {run_dir}")
     if "matrix" in m:
@@ -310,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(matrix_markdown(m["matrix"], m["games"]))
     for key in ("average_final_return", "average_forgetting", "backward_transfer"):
-        if key in summary["scalars"]:
+        if summary["scalars"].get(key) is not None:
             print(f"{key.replace('_', ' ')}: {summary['scalars'][key]:.2f}")
     print(f"\nsee the curves: tensorboard --logdir {run_dir.parent}")
     return 0

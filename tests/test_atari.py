@@ -202,24 +202,24 @@ def test_presets_are_package_data() -> None:
         ({"sticky_actions": 1.5}, "1.5"),
         ({"sticky_actions": -0.1}, "-0.1"),
         ({"backend": "cuda"}, "'cuda'"),
-        ({"max_episode_frames": 0}, "max_episode_frames"),
-        ({"frame_skip": 0}, "frame_skip"),
-        ({"noop_max": -1}, "noop_max"),
-        ({"num_threads": -2}, "num_threads"),
+        ({"max_episode_frames": 0}, "--max-episode-frames"),
+        ({"frame_skip": 0}, "--frame-skip"),
+        ({"noop_max": -1}, "--noop-max"),
+        ({"num_threads": -2}, "--env-threads"),
         ({"gym_vectorization": "threads"}, "'threads'"),
-        ({"full_action_space": "yes"}, "full_action_space"),
+        ({"full_action_space": "yes"}, "--full-action-space"),
     ],
 )
-def test_bad_options_raise_usage_error(changes: dict[str, object], needle: str) -> None:
-    with pytest.raises(UsageError, match="invalid") as err:
+def test_bad_options_raise_value_error(changes: dict[str, object], needle: str) -> None:
+    with pytest.raises(ValueError, match="invalid") as err:
         AtariConfig(**changes)  # type: ignore[arg-type]
     assert needle in str(err.value)
-    with pytest.raises(UsageError):
+    with pytest.raises(ValueError):
         AtariConfig().replace(**changes)
 
 
 def test_bad_env_arguments() -> None:
-    with pytest.raises(UsageError, match="unknown Atari option 'sticky'"):
+    with pytest.raises(ValueError, match="unknown Atari option 'sticky'"):
         AtariConfig().replace(sticky=0.1)
     for num_envs in (0, -1):
         with pytest.raises(UsageError, match=f"num_envs {num_envs}"):
@@ -236,7 +236,7 @@ def test_bad_env_arguments() -> None:
         (["--games", "spaceinvadrs"], "unknown game 'spaceinvadrs'; did you mean: space_invaders"),
         (["--games", "@blip"], "unknown preset '@blip'; did you mean @blip-atari6?"),
         (["--games", ","], "empty game list"),
-        (["--games", "pong", "--sticky-actions", "2"], "invalid sticky_actions (--sticky-actions)"),
+        (["--games", "pong", "--sticky-actions", "2"], "invalid --sticky-actions 2.0"),
     ],
 )
 def test_cli_usage_errors_are_one_line_exit_2(
@@ -249,10 +249,10 @@ def test_cli_usage_errors_are_one_line_exit_2(
     assert "Traceback" not in captured.err
 
 
-def test_cli_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as err:
-        train_main(["--env-backend", "cuda", "--dry-run"])
-    assert err.value.code == 2
+def test_cli_choice_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_main(["--env-backend", "cuda", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: invalid --env-backend 'cuda'; expected one of native, gymnasium"]
 
 
 def test_cli_valid_sequence(capsys: pytest.CaptureFixture[str]) -> None:

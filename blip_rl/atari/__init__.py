@@ -30,8 +30,6 @@ from blip_rl.atari.config import (
     GYM_VECTORIZATIONS,
     AtariConfig,
     Backend,
-    add_env_arguments,
-    config_overrides_from_args,
 )
 from blip_rl.atari.envs import (
     OBS_SHAPE,
@@ -75,8 +73,6 @@ __all__ = [
     "GameSpec",
     "PolicyFn",
     "Preset",
-    "add_env_arguments",
-    "config_overrides_from_args",
     "evaluate",
     "format_game_list",
     "human_normalized",

@@ -3,14 +3,19 @@
 A method is a small plugin (as in Avalanche) that the continual loop calls at fixed points:
 
 * ``setup(net)`` once, when the network exists;
+* ``reserved_steps(steps_per_game)``: env steps of a game's budget the method keeps for itself
+  after the main training (e.g. PackNet's retraining after pruning); the loop trains the rest
+  first;
 * ``before_game(ctx)`` when a game starts (or resumes), after its PPO learner is built;
-* ``extra_loss()`` inside every PPO minibatch (a regulariser such as EWC's), or ``None``;
+* ``extra_loss(ctx)`` inside every PPO minibatch (a regulariser such as EWC's), or ``None``;
 * ``after_update(ctx)`` after every PPO update (e.g. re-apply masks);
-* ``after_game(ctx)`` when a game's budget is spent (estimate Fisher, freeze, prune...);
+* ``after_game(ctx)`` when the main training of a game is done (estimate Fisher, freeze,
+  prune...); it may spend its reserved steps with ``ctx.train(steps, lr_scale)``;
 * ``state_dict()`` / ``load_state_dict()`` for checkpoints (``--resume``).
 
-PPO knows nothing of methods: the loop hands it ``extra_loss`` and the method may attach
-optimizer hooks to ``ctx.ppo.optimizer``.
+Every hook gets the :class:`GameContext`. PPO knows nothing of methods: the loop hands it
+``extra_loss``; a method may attach optimizer hooks to ``ctx.ppo.optimizer`` and asks for more
+training only through ``ctx.train``, never by changing the learner's fields.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from blip_rl.fisher import estimate_fisher
+from blip_rl.validate import check_int, check_number
 
 if TYPE_CHECKING:
     from blip_rl.atari import GameSpec
@@ -51,6 +57,11 @@ class MethodConfig:
     fisher_chunk: int = 256
     """States per pass of the Fisher estimate (bounds memory)."""
 
+    def __post_init__(self) -> None:
+        check_int(self, "fisher_states", 1)
+        check_number(self, "value_fisher_coef", 0.0)
+        check_int(self, "fisher_chunk", 1)
+
 
 @dataclass
 class GameContext:
@@ -66,6 +77,13 @@ class GameContext:
     fisher_states: Callable[[int], torch.Tensor]
     """``fisher_states(n)``: up to the last ``n`` training states of this game, uint8
     ``(n, 4, 84, 84)``, topped up with states from the current policy when there are fewer."""
+    steps_per_game: int = 0
+    """The game's whole env-step budget (the method's reserved steps included)."""
+    train: Callable[[int, float], int] | None = None
+    """``train(steps, lr_scale)``: ``steps`` more env steps of PPO on this game, through the
+    run's loop (logged, counted in the global step), with the learning rate restarting at
+    ``lr_scale`` times the PPO rate and annealed to 0 over those steps; returns the env steps
+    done (whole rollouts). For use in ``after_game`` within the method's reserved steps."""
 
 
 @dataclass
@@ -86,10 +104,15 @@ class ContinualMethod:
     def setup(self, net: ActorCritic) -> None:
         """Called once with the network, before any game."""
 
+    def reserved_steps(self, steps_per_game: int) -> int:
+        """Env steps of a game's budget (``steps_per_game``) kept for the method's own use in
+        ``after_game`` (through ``ctx.train``); the main training gets the rest. Default 0."""
+        return 0
+
     def before_game(self, ctx: GameContext) -> None:
         """A game starts or resumes; ``ctx.ppo`` is its fresh learner."""
 
-    def extra_loss(self) -> torch.Tensor | None:
+    def extra_loss(self, ctx: GameContext) -> torch.Tensor | None:
         """A term added to every PPO minibatch loss, or None."""
         return None
 
