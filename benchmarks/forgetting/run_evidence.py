@@ -1,0 +1,145 @@
+"""Run the forgetting evidence: agents x seeds on one game sequence, plus from-scratch runs.
+
+One command runs (or continues) every run of the plan, one after the other, each in its own
+folder; a run whose folder has a ``summary.json`` is skipped and a killed one is resumed, so the
+command can be stopped and restarted at any time and later seeds can be added::
+
+    OMP_NUM_THREADS=1 python benchmarks/forgetting/run_evidence.py \\
+        --games freeway,krull --agents blip,finetune --seeds 1,2,3 --steps 100000
+
+Sequence runs go to ``<runs-dir>/<game1>-<game2>.../<agent>-s<seed>-<steps>``; the from-scratch
+single-game runs of every game after the first (the denominators of plasticity) go to
+``<scratch-dir>/<game>-s<seed>-<steps>``, the folder layout of ``scan_games.py`` (so a scan run
+with the same budget and seed is reused). Order: for each seed, every agent, then that seed's
+from-scratch runs, so that a partial plan still holds whole seeds. Every run uses the same
+protocol: sticky actions off, the CLI's PPO defaults, ``--num-envs 8``, one emulator thread,
+evaluation every ``--eval-every`` env steps with ``--eval-episodes`` episodes. Then::
+
+    python benchmarks/forgetting/analyze.py runs/forgetting/evidence/freeway-krull/* \\
+        --scratch runs/forgetting/scan/krull-s* --out benchmarks/forgetting/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+
+def train(
+    folder: Path,
+    games: list[str],
+    agent: str,
+    seed: int,
+    steps: int,
+    eval_every: int,
+    eval_episodes: int,
+    code: Path | None,
+    extra: list[str],
+) -> int:
+    """Run (or resume, or skip when finished) one training run; returns the exit code."""
+    if (folder / "summary.json").exists():
+        print(f"[evidence] done already: {folder}", flush=True)
+        return 0
+    if folder.exists() and (folder / "checkpoints" / "latest.pt").exists():
+        cmd = [sys.executable, "-m", "blip_rl.train", "--resume", str(folder), "--no-progress"]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "blip_rl.train",
+            "--games",
+            ",".join(games),
+            "--agent",
+            agent,
+            "--seed",
+            str(seed),
+            "--sticky-actions",
+            "0",
+            "--steps-per-game",
+            str(steps),
+            "--num-envs",
+            "8",
+            "--eval-every",
+            str(eval_every),
+            "--eval-episodes",
+            str(eval_episodes),
+            "--env-threads",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--runs-dir",
+            str(folder.parent),
+            "--run-name",
+            folder.name,
+            *extra,
+        ]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    print(f"[evidence] {time.strftime('%H:%M:%S')} {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.call(cmd, cwd=code or REPO, env=env)
+    print(f"[evidence] exit {rc} after {time.perf_counter() - t0:.0f} s: {folder}", flush=True)
+    return rc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--games", required=True, help="comma-separated sequence")
+    ap.add_argument("--agents", default="blip,finetune")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--steps", type=int, default=200_000, help="env steps per game")
+    ap.add_argument("--eval-every", type=int, default=50_000)
+    ap.add_argument("--eval-episodes", type=int, default=16)
+    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "forgetting" / "evidence")
+    ap.add_argument("--scratch-dir", type=Path, default=REPO / "runs" / "forgetting" / "scan")
+    ap.add_argument("--no-scratch", action="store_true", help="skip the from-scratch runs")
+    ap.add_argument("--code", type=Path, default=None, help="import blip_rl from this copy")
+    ap.add_argument("extra", nargs="*", help="more CLI flags for every sequence run (after --)")
+    args = ap.parse_args()
+    games = [g.strip() for g in args.games.split(",") if g.strip()]
+    if len(games) < 2:
+        ap.error(f"--games {args.games!r}: a sequence needs at least two games")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    code = args.code.resolve() if args.code else None
+    seq_dir = args.runs_dir / "-".join(games)
+    failed = 0
+    for seed in seeds:
+        for agent in agents:
+            folder = seq_dir / f"{agent}-s{seed}-{args.steps}"
+            failed += (
+                train(
+                    folder,
+                    games,
+                    agent,
+                    seed,
+                    args.steps,
+                    args.eval_every,
+                    args.eval_episodes,
+                    code,
+                    args.extra,
+                )
+                != 0
+            )
+        if args.no_scratch:
+            continue
+        for game in games[1:]:
+            folder = args.scratch_dir / f"{game}-s{seed}-{args.steps}"
+            failed += (
+                train(folder, [game], "finetune", seed, args.steps, 0, args.eval_episodes, code, [])
+                != 0
+            )
+    raise SystemExit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
