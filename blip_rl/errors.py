@@ -9,12 +9,14 @@ same code argparse uses for its own errors. Any other exception is a bug and kee
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-__all__ = ["USAGE_EXIT_CODE", "CliMain", "UsageError", "cli", "run_cli"]
+__all__ = ["USAGE_EXIT_CODE", "ArgumentParser", "CliMain", "UsageError", "cli", "run_cli"]
 
 USAGE_EXIT_CODE = 2
 """Exit code for bad user input (argparse uses the same one)."""
@@ -22,6 +24,14 @@ USAGE_EXIT_CODE = 2
 
 class UsageError(ValueError):
     """An error the user caused; its message is one line naming the bad value and the choices."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (unknown flag, missing value) are one ``error:`` line
+    and exit code 2 like every other usage error, instead of a usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 MainFn = Callable[[list[str] | None], int]

@@ -26,7 +26,7 @@ from blip_rl.config import (
     list_agents,
     load_agent,
 )
-from blip_rl.errors import UsageError, cli
+from blip_rl.errors import ArgumentParser, UsageError, cli
 from blip_rl.files import RunLock
 from blip_rl.nets import NetConfig
 from blip_rl.ppo import PPOConfig
@@ -34,7 +34,7 @@ from blip_rl.ppo import PPOConfig
 
 def build_parser() -> tuple[argparse.ArgumentParser, FlagTable]:
     """The parser, and the table of the flags generated from the configuration dataclasses."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m blip_rl.train",
         description="Learn a sequence of Atari games with one continual-learning PPO agent.",
     )
