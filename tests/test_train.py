@@ -61,13 +61,34 @@ def test_two_games_end_to_end(tmp_path: Path) -> None:
     rows = (run / "matrix.csv").read_text().strip().splitlines()
     assert rows[0] == "after_game,pong,breakout" and len(rows) == 3
 
+    # A branch from the after-game-1 state: fine-tuning (plain layers) continues from BLIP's
+    # game 1; its run folder holds the whole matrix and curves, game 1 is not trained again.
+    source = run / "checkpoints" / "after-game-1.pt"
+    branch = ["--from-checkpoint", str(source), "--agent", "finetune", "--run-name", "b"]
+    argv = [*TINY, "--steps-per-game", "128", "--eval-every", "64"]
+    assert main([*argv, *branch, "--runs-dir", str(tmp_path)]) == 0
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert b["branched_from"] == str(source) and b["method"] == "finetune"
+    assert b["global_steps"] == 256
+    assert b["metrics"]["matrix"][0] == summary["metrics"]["matrix"][0]
+    pong = [e.step for e in events(tmp_path / "b").Scalars("eval/pong/return")]
+    assert pong == [64, 128, 192, 256]
+    # A method that would need the source's state after game 1 cannot branch from it.
+    assert main([*argv, *branch[:2], "--agent", "ewc", "--runs-dir", str(tmp_path)]) == 2
+
 
 def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
     argv = [*TINY, "--games", "breakout", "--agent", "finetune", "--steps-per-game", "64"]
     argv += ["--shared-head", "--eval-every", "0"]
     assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "f"]) == 0
-    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    def strict(name: str) -> None:
+        raise AssertionError(f"{name} in a JSON file")
+
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text(), parse_constant=strict)
     assert summary["method"] == "finetune" and summary["memory_bytes_per_param"] == 0
+    # One game: forgetting is undefined, and written as null (strict JSON), not NaN.
+    assert summary["metrics"]["average_forgetting"] is None
+    json.loads((tmp_path / "f" / "metrics.json").read_text(), parse_constant=strict)
     net = load_checkpoint(tmp_path / "f" / "checkpoints" / "latest.pt")["net"]
     # --shared-head: one pair of heads over the full 18-action set, plain (not BLIP) layers.
     assert net["heads.policy.0.weight"].shape[0] == 18 and "heads.policy.1.weight" not in net
@@ -111,6 +132,19 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
 
     try:
         assert _wait_for(in_second_game, 240), "no mid-game checkpoint in game 2"
+        # While it trains, a second trainer on the same folder is refused and touches nothing.
+        before = sorted(p.name for p in run.rglob("*"))
+        code = subprocess.run(
+            [sys.executable, "-m", "blip_rl.train", "--resume", str(run), "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert code.returncode == 2
+        err = code.stderr.strip().splitlines()
+        assert len(err) == 1 and "in use by another training process" in err[0], err
+        assert proc.poll() is None
+        assert set(before) <= {p.name for p in run.rglob("*")}
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
