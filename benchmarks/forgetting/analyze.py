@@ -214,6 +214,13 @@ class Run:
 def read_run(path: str | Path) -> Run:
     """Load a run folder (UsageError if it is not one)."""
     data = load_run(path)
+    # A branch (--from-checkpoint) names its source run; seeds of one agent branch from
+    # different sources but belong to one group.
+    data.config = {k: v for k, v in data.config.items() if k != "branched_from"}
+    # Fine-tuning on the BLIP network (an ablation: BLIP without the freezing) is its own group.
+    net = data.config.get("net")
+    if isinstance(net, dict) and net.get("blip") and data.method != "blip":
+        data.config["agent"] = f"{data.agent}@blipnet"
     k = len(data.games)
     rets = episode_returns(Path(path))
     se = np.full((len(data.matrix), k), math.nan)

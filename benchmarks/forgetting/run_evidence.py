@@ -10,8 +10,10 @@ command can be stopped and restarted at any time and later seeds can be added::
 Sequence runs go to ``<runs-dir>/<game1>-<game2>.../<agent>-s<seed>-<steps>``; the from-scratch
 single-game runs of every game after the first (the denominators of plasticity) go to
 ``<scratch-dir>/<game>-s<seed>-<steps>``, the folder layout of ``scan_games.py`` (so a scan run
-with the same budget and seed is reused). Order: for each seed, every agent, then that seed's
-from-scratch runs, so that a partial plan still holds whole seeds. Every run uses the same
+with the same budget and seed is reused). Order: for each seed, every agent, then the branch
+agents (``--branch-agents``: they start at game 2 from the first agent's
+``after-game-1.pt``, so game 1 is trained once per seed and both methods share it), then that
+seed's from-scratch runs, so that a partial plan still holds whole seeds. Every run uses the same
 protocol: sticky actions off, the CLI's PPO defaults, ``--num-envs 8``, one emulator thread,
 evaluation every ``--eval-every`` env steps with ``--eval-episodes`` episodes. Then::
 
@@ -103,6 +105,19 @@ def main() -> None:
     ap.add_argument("--scratch-dir", type=Path, default=REPO / "runs" / "forgetting" / "scan")
     ap.add_argument("--no-scratch", action="store_true", help="skip the from-scratch runs")
     ap.add_argument("--code", type=Path, default=None, help="import blip_rl from this copy")
+    ap.add_argument(
+        "--branch-agents",
+        default="",
+        help="agents that start from the first agent's after-game-1 checkpoint "
+        "(--from-checkpoint): game 1 is trained once, by the first agent, per seed",
+    )
+    ap.add_argument(
+        "--branch-flags",
+        default="",
+        help="more CLI flags for the branch runs, e.g. '--blip true' (fine-tuning on the BLIP "
+        "network, so that the branch differs from the source only by the freezing)",
+    )
+    ap.add_argument("--tag", default="", help="suffix of the branch runs' folder names")
     ap.add_argument("extra", nargs="*", help="more CLI flags for every sequence run (after --)")
     args = ap.parse_args()
     games = [g.strip() for g in args.games.split(",") if g.strip()]
@@ -113,9 +128,12 @@ def main() -> None:
     code = args.code.resolve() if args.code else None
     seq_dir = args.runs_dir / "-".join(games)
     failed = 0
+    branches = [a.strip() for a in args.branch_agents.split(",") if a.strip()]
     for seed in seeds:
+        source: Path | None = None
         for agent in agents:
             folder = seq_dir / f"{agent}-s{seed}-{args.steps}"
+            source = source or folder
             failed += (
                 train(
                     folder,
@@ -127,6 +145,25 @@ def main() -> None:
                     args.eval_episodes,
                     code,
                     args.extra,
+                )
+                != 0
+            )
+        for agent in branches:
+            assert source is not None
+            ckpt = source / "checkpoints" / "after-game-1.pt"
+            folder = seq_dir / f"{agent}{args.tag}-s{seed}-{args.steps}"
+            flags = ["--from-checkpoint", str(ckpt), *args.branch_flags.split(), *args.extra]
+            failed += (
+                train(
+                    folder,
+                    games,
+                    agent,
+                    seed,
+                    args.steps,
+                    args.eval_every,
+                    args.eval_episodes,
+                    code,
+                    flags,
                 )
                 != 0
             )
