@@ -290,7 +290,11 @@ def main() -> None:
     if args.code is not None:
         args.code = args.code.resolve()
         sys.path.insert(0, str(args.code))
-    command = "python benchmarks/forgetting/scan_games.py " + " ".join(sys.argv[1:])
+    command = (
+        "OMP_NUM_THREADS=1 python benchmarks/forgetting/scan_games.py "
+        f"--games {args.games} --steps {args.steps} --seed {args.seed} "
+        f"--eval-episodes {args.eval_episodes}"
+    )
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     if args.table_only:
         write_report(args.runs_dir, args.out, command)
