@@ -397,6 +397,13 @@ class PPO:
         self._schedule = (float(config.learning_rate), 0, self.total_steps)
         # (starting rate, updates when the schedule started, env steps it anneals over)
         self._next_obs: torch.Tensor | None = None
+        # On a GPU, observations go through one pinned host buffer and a non-blocking copy (the
+        # per-step ``action.cpu()`` synchronises, so the buffer is free again at the next step).
+        self._staging: torch.Tensor | None = None
+        if self.device.type == "cuda":
+            self._staging = torch.empty(
+                (config.num_envs, *obs_shape), dtype=torch.uint8, device="cpu"
+            ).pin_memory()
         self._next_done = torch.zeros(config.num_envs, device=self.device)
 
     # ----------------------------------------------------------------------------------- helpers
@@ -439,6 +446,12 @@ class PPO:
         self._next_obs = torch.as_tensor(obs)
         self._next_done.zero_()
 
+    def _host_obs(self, obs: np.ndarray) -> torch.Tensor:
+        if self._staging is None:
+            return torch.as_tensor(obs)
+        self._staging.copy_(torch.from_numpy(np.asarray(obs)))
+        return self._staging
+
     # ----------------------------------------------------------------------------------- rollout
     @torch.inference_mode()
     def collect(self) -> list[Episode]:
@@ -454,7 +467,7 @@ class PPO:
         next_obs, next_done = self._next_obs, self._next_done
         with self._autocast():
             for t in range(cfg.num_steps):
-                s.obs[t].copy_(next_obs)
+                s.obs[t].copy_(next_obs, non_blocking=True)
                 s.dones[t].copy_(next_done)
                 action, logprob, _, value = net.get_action_and_value(
                     self._prep(s.obs[t]), self.head
@@ -468,7 +481,7 @@ class PPO:
                     np.logical_or(terminated, truncated), dtype=torch.float32
                 )
                 next_done = next_done.to(self.device)
-                next_obs = torch.as_tensor(obs)
+                next_obs = self._host_obs(obs)
                 episodes.extend(finished_episodes(info))
             next_value = net.get_value(self._prep(next_obs), self.head)
         self._next_obs, self._next_done = next_obs, next_done

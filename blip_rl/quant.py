@@ -228,6 +228,12 @@ class BlipLayer:
         for p in self.quantized_names:
             param = getattr(module, p)
             lo, hi = getattr(module, f"_{p}_lo"), getattr(module, f"_{p}_hi")
+            if param.device.type != "cpu":
+                # On an accelerator a read would stall the stream every step: always map a NaN
+                # (from a diverged step) to 0 first, then clamp; no host sync.
+                torch.nan_to_num(param, nan=0.0, out=param)
+                torch.clamp(param, lo, hi, out=param)
+                continue
             torch.clamp(param, lo, hi, out=param)
             # A NaN (from a diverged step) passes through a clamp. Clamped values sum to a finite
             # number, so one read tells whether there is one; then it goes to 0 and is clamped.

@@ -216,10 +216,13 @@ def test_state_dict_round_trip_resumes_the_optimizer() -> None:
 def test_update_before_collect_and_bad_config() -> None:
     with pytest.raises(RuntimeError, match="before collect"):
         _ppo(TINY).update()
-    with pytest.raises(ValueError, match="num_minibatches"):
-        PPOConfig(num_minibatches=0).validate()
-    with pytest.raises(ValueError, match="precision"):
-        PPOConfig(precision="fp16").validate()  # type: ignore[arg-type]
+    # Each config checks its fields on construction; the message names the flag.
+    with pytest.raises(ValueError, match="--num-minibatches 0"):
+        PPOConfig(num_minibatches=0)
+    with pytest.raises(ValueError, match="--precision 'fp16'"):
+        PPOConfig(precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--target-kl nan"):
+        PPOConfig(target_kl=math.nan)
     with pytest.raises(ValueError, match="num_envs"):
         _ppo(PPOConfig(num_envs=3), env=FakeEnv(2))
 
