@@ -20,8 +20,10 @@ What this module provides:
   every ``optimizer.step()`` of SB3's own ``train()``: the policy registers it as a step post-hook
   on whatever optimizer is assigned to ``policy.optimizer``, so it also holds after ``PPO.load``
   (which rebuilds the optimizer) and after a user replaces the optimizer.
-* :func:`freeze`: Fisher information from the states of ``model.rollout_buffer`` (optionally more
-  states collected with the current policy), then bit growth (see ``shared/docs/blip-method.md``).
+* :func:`freeze_policy`: Fisher information from the states of ``model.rollout_buffer``
+  (optionally more states collected with the current policy), then bit growth (the method is
+  described in ``docs/blip.md``). Not to be confused with :func:`blip_rl.freeze`, which takes a
+  model and a Fisher you computed yourself.
 * :class:`BlipFreezeCallback`: freezes at the end of ``learn()`` and logs BLIP statistics
   (``blip/<layer>/frozen_bits``, ``blip/<layer>/frac_frozen``) to SB3's logger.
 * :func:`make_sb3_atari_env`: an SB3 Atari ``VecEnv`` (SB3's ``AtariWrapper`` + frame stack) for
@@ -55,9 +57,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from blip_rl.fisher import estimate_fisher
-from blip_rl.quant import BlipConv2d, BlipLayer, BlipLinear, blip_layers, constrain_, layer_stats
-from blip_rl.quant import freeze as _freeze_bits
+from blip_rl.nature_cnn import nature_convs
+from blip_rl.policy_fisher import sampled_action_fisher
+from blip_rl.quant import BlipLayer, BlipLinear, blip_layers, constrain_, layer_stats
+from blip_rl.quant import freeze as _freeze_bits  # not re-exported: blip_rl.freeze is the core one
 
 try:  # another module of the project; fall back to ValueError when it is absent
     from blip_rl.errors import UsageError
@@ -73,7 +76,7 @@ __all__ = [
     "TagSchemeLogger",
     "blip_layer_stats",
     "estimate_policy_fisher",
-    "freeze",
+    "freeze_policy",
     "make_sb3_atari_env",
     "record_blip_stats",
     "rollout_states",
@@ -123,22 +126,16 @@ class BlipNatureCNN(BaseFeaturesExtractor):
                 f"{observation_space}; use BlipActorCriticPolicy for vector observations"
             )
         super().__init__(observation_space, features_dim)
-        c1, c2, c3 = channels
-        blip: dict[str, Any] = {"max_bits": max_bits, "f_prior": f_prior}
-        n_input_channels = observation_space.shape[0]
-        self.cnn = nn.Sequential(
-            BlipConv2d(n_input_channels, c1, kernel_size=8, stride=4, **blip),
-            nn.ReLU(),
-            BlipConv2d(c1, c2, kernel_size=4, stride=2, **blip),
-            nn.ReLU(),
-            BlipConv2d(c2, c3, kernel_size=3, stride=1, **blip),
-            nn.ReLU(),
-            nn.Flatten(),
+        convs = nature_convs(
+            observation_space.shape[0], channels, max_bits=max_bits, f_prior=f_prior
         )
+        self.cnn = nn.Sequential(*(layer for _, layer in convs), nn.Flatten())
         with torch.no_grad():
             sample = torch.as_tensor(observation_space.sample()[None]).float()
             n_flatten = int(self.cnn(sample).shape[1])
-        self.linear = nn.Sequential(BlipLinear(n_flatten, features_dim, **blip), nn.ReLU())
+        self.linear = nn.Sequential(
+            BlipLinear(n_flatten, features_dim, max_bits=max_bits, f_prior=f_prior), nn.ReLU()
+        )
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.linear(self.cnn(observations))
@@ -403,7 +400,7 @@ def _buffer_observations(model: BaseAlgorithm, policy: ActorCriticPolicy) -> np.
         return np.zeros((0, *(policy.observation_space.shape or ())))
     if not isinstance(buffer, RolloutBuffer) or isinstance(buffer.observations, dict):
         raise UsageError(
-            f"freeze(): rollout buffer {type(buffer).__name__} is not supported; "
+            f"freeze_policy(): rollout buffer {type(buffer).__name__} is not supported; "
             "use a Box or Discrete observation space (not Dict)"
         )
     obs = buffer.observations
@@ -424,7 +421,7 @@ def _collect(model: BaseAlgorithm, policy: ActorCriticPolicy, n: int) -> np.ndar
     env: VecEnv | None = model.get_env()
     if env is None:
         raise UsageError(
-            "freeze(): more states were asked for (n_states) but the model has no env; "
+            "freeze_policy(): more states were asked for (n_states) but the model has no env; "
             "pass env= to PPO.load or call model.set_env(env) first"
         )
     obs: Any = model._last_obs
@@ -458,7 +455,7 @@ def rollout_states(
         model: a PPO / A2C model with a BLIP policy that has collected at least one rollout.
         n_states: ``None`` (default) uses every state of ``model.rollout_buffer``; a smaller
             number uses a random subset of it; a larger one adds states collected with the current
-            policy from ``model.env`` (see :func:`freeze`).
+            policy from ``model.env`` (see :func:`freeze_policy`).
         seed: seed of the subset choice.
 
     Raises:
@@ -471,7 +468,7 @@ def rollout_states(
     obs = _buffer_observations(model, policy)
     if len(obs) == 0:
         raise UsageError(
-            "freeze(): the model has no rollout yet (its rollout buffer is empty); call "
+            "freeze_policy(): the model has no rollout yet (its rollout buffer is empty); call "
             "model.learn(...) first so the Fisher can be estimated from the states it visited"
         )
     if n_states is not None and n_states < len(obs):
@@ -523,40 +520,28 @@ def estimate_policy_fisher(
         raise UsageError(
             f"value_fisher_coef={value_fisher_coef!r} is not accepted: use a finite number >= 0"
         )
-    policy = _blip_policy(model, "freeze()")
+    policy = _blip_policy(model, "freeze_policy()")
     states = rollout_states(model, n_states, seed=seed)
-    was_training = policy.training
-    policy.set_training_mode(False)
     gen = torch.Generator(device=states.device)
     if seed is not None:
         gen.manual_seed(seed)
     else:
         gen.seed()
-    try:
-        with torch.no_grad():
-            actions = torch.cat(
-                [
-                    _sample(policy, states[i : i + chunk_size], gen)
-                    for i in range(0, len(states), chunk_size)
-                ]
-            )
 
-        def terms(pol: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-            # One forward (shared features run once) gives both terms: log pi(a|s) and V(s).
-            assert isinstance(pol, ActorCriticPolicy)
-            values, log_prob, _ = pol.evaluate_actions(obs, act)
-            return torch.stack([log_prob, values.reshape(-1)], 1)
+    def terms(pol: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        # One forward (shared features run once) gives both terms: log pi(a|s) and V(s).
+        assert isinstance(pol, ActorCriticPolicy)
+        values, log_prob, _ = pol.evaluate_actions(obs, act)
+        return torch.stack([log_prob, values.reshape(-1)], 1)
 
-        fisher = estimate_fisher(
-            policy,
-            terms,
-            (states, actions),
-            chunk_size=chunk_size,
-            term_weights=[1.0, float(value_fisher_coef)],
-        )
-    finally:
-        policy.set_training_mode(was_training)
-    return fisher
+    return sampled_action_fisher(
+        policy,
+        states,
+        lambda chunk: _sample(policy, chunk, gen),
+        terms,
+        value_coef=value_fisher_coef,
+        chunk_size=chunk_size,
+    )
 
 
 def _sample(policy: ActorCriticPolicy, obs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -577,7 +562,7 @@ def _sample(policy: ActorCriticPolicy, obs: torch.Tensor, gen: torch.Generator) 
     return policy.get_distribution(obs).sample()  # pragma: no cover
 
 
-def freeze(
+def freeze_policy(
     model: BaseAlgorithm,
     *,
     n_states: int | None = None,
@@ -660,8 +645,8 @@ class BlipFreezeCallback(BaseCallback):
 
     Args:
         freeze_on_end: freeze at the end of ``learn()`` (default). With ``False`` the callback
-            only logs; call :func:`freeze` yourself.
-        n_states, value_fisher_coef, chunk_size, seed: as in :func:`freeze`.
+            only logs; call :func:`freeze_policy` yourself.
+        n_states, value_fisher_coef, chunk_size, seed: as in :func:`freeze_policy`.
         log_stats: record ``blip/<layer>/frozen_bits`` and ``blip/<layer>/frac_frozen`` after each
             rollout (written with SB3's next log dump) and after the freeze (dumped at once).
         verbose: 1 prints a line per freeze.
@@ -708,7 +693,7 @@ class BlipFreezeCallback(BaseCallback):
     def _on_training_end(self) -> None:
         if not self.freeze_on_end:
             return
-        self.fisher = freeze(
+        self.fisher = freeze_policy(
             self.model,
             n_states=self.n_states,
             value_fisher_coef=self.value_fisher_coef,

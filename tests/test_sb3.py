@@ -20,7 +20,7 @@ from blip_rl.sb3 import (
     BlipFreezeCallback,
     TagSchemeLogger,
     estimate_policy_fisher,
-    freeze,
+    freeze_policy,
     make_sb3_atari_env,
     rollout_states,
 )
@@ -149,7 +149,7 @@ def test_copied_policy_keeps_its_constraint() -> None:
 def test_ppo_atari_updates_keep_frozen_prefixes() -> None:
     model = PPO(BlipActorCriticCnnPolicy, atari(), policy_kwargs=SMALL_CNN, **PPO_TINY)
     model.learn(32)
-    fisher = freeze(model)
+    fisher = freeze_policy(model)
     assert set(fisher) == {n for n, _ in model.policy.named_parameters() if n != "log_std"}
     before, weights = prefixes(model.policy), params(model.policy)
     model.learn(64, reset_num_timesteps=False)
@@ -163,9 +163,9 @@ def test_save_load_keeps_blip_state_exactly_and_still_constrains(tmp_path: Any) 
     env = atari()
     model = PPO(BlipActorCriticCnnPolicy, env, policy_kwargs=SMALL_CNN, **PPO_TINY)
     model.learn(32)
-    freeze(model)
+    freeze_policy(model)
     model.learn(32, reset_num_timesteps=False)
-    freeze(model)
+    freeze_policy(model)
     state = {k: v.clone() for k, v in model.policy.state_dict().items()}
     before = prefixes(model.policy)
     model.save(tmp_path / "m.zip")
@@ -193,7 +193,7 @@ def test_a2c_atari_works_and_keeps_frozen_prefixes() -> None:
     model = A2C(BlipActorCriticCnnPolicy, atari(), n_steps=8, seed=0, policy_kwargs=SMALL_CNN)
     assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
     model.learn(32)
-    freeze(model)
+    freeze_policy(model)
     before, weights = prefixes(model.policy), params(model.policy)
     model.learn(64, reset_num_timesteps=False)
     assert_moved(weights, model.policy)
@@ -213,7 +213,7 @@ def test_mlp_policy_on_cartpole() -> None:
         "value_net",
     }
     model.learn(64)
-    freeze(model)
+    freeze_policy(model)
     before, weights = prefixes(model.policy), params(model.policy)
     model.learn(128, reset_num_timesteps=False)
     assert_moved(weights, model.policy)
@@ -273,7 +273,7 @@ def test_rollout_states_uses_buffer_and_collects_more() -> None:
     assert rollout_states(model, 40).shape == (40, 4)  # 24 more from the current policy
     assert model.num_timesteps == 16  # extra states are not training steps
     model.learn(16, reset_num_timesteps=False)  # and learning resumes cleanly
-    freeze(model, n_states=40)
+    freeze_policy(model, n_states=40)
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -283,13 +283,13 @@ def test_freeze_errors_are_clear() -> None:
     plain = PPO("MlpPolicy", "CartPole-v1", **PPO_TINY)
     plain.learn(16)
     with pytest.raises(UsageError, match="no BLIP layers.*BlipActorCritic"):
-        freeze(plain)
+        freeze_policy(plain)
     with pytest.raises(UsageError, match="no BLIP layers"):
         plain.learn(16, callback=BlipFreezeCallback())
 
     fresh = PPO(BlipActorCriticPolicy, "CartPole-v1", **PPO_TINY)
     with pytest.raises(UsageError, match="no rollout yet.*learn"):
-        freeze(fresh)
+        freeze_policy(fresh)
     with pytest.raises(UsageError, match="n_states"):
         BlipFreezeCallback(n_states=0)
     with pytest.raises(UsageError, match="value_fisher_coef"):
