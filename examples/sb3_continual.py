@@ -25,7 +25,7 @@ games learned before the current one), ``train/<game>/episode_return``, ``loss/<
 from __future__ import annotations
 
 import argparse
-import os
+import io
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from blip_rl.atari import GameSpec, human_normalized, resolve_game
 from blip_rl.errors import UsageError, cli
+from blip_rl.files import atomic_write
 from blip_rl.sb3 import (
     BlipActorCriticCnnPolicy,
     BlipFreezeCallback,
@@ -95,9 +96,10 @@ def evaluate(model: PPO, game: GameSpec, args: argparse.Namespace) -> float:
 
 
 def save_atomically(model: PPO, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.zip")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """``model.save`` into memory, then one atomic write (a kill never leaves a torn zip)."""
+    buf = io.BytesIO()
+    model.save(buf)
+    atomic_write(path, buf.getvalue())
 
 
 @cli

@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import ale_py
 from ale_py import roms
 
 from blip_rl.errors import UsageError
+from blip_rl.files import atomic_write
 
 __all__ = [
     "FULL_ACTION_COUNT",
@@ -130,14 +130,9 @@ def _read_action_cache() -> dict[str, int]:
 
 
 def _write_action_cache(counts: Mapping[str, int]) -> None:
-    """Best effort, atomic (temp file + rename): a failed write only costs recomputation."""
-    path = _cache_file()
+    """Best effort, atomic: a failed write only costs recomputation."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(sorted(counts.items())), f, indent=0)
-        os.replace(tmp, path)
+        atomic_write(_cache_file(), json.dumps(dict(sorted(counts.items())), indent=0).encode())
     except OSError:
         pass
 
