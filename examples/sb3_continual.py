@@ -15,9 +15,10 @@ The recipe, in SB3 terms:
 
 TensorBoard tags follow the project's scheme, with the global step = env steps over the whole
 sequence: ``eval/<game>/return`` (raw game score, whole games), ``eval/<game>/normalized``
-(human-normalized, for games with reference scores), ``forgetting/<game>`` (score right after
-learning <game> minus the score now, human-normalized where available, else raw; logged for
-games learned before the current one), ``train/<game>/episode_return``, ``loss/<name>``,
+(human-normalized, for games with reference scores), ``forgetting/<game>`` (the best raw
+score the game had since it was learned minus its raw score now,
+:func:`blip_rl.metrics.forgetting_after`, exactly as ``python -m blip_rl.train`` logs it; for games
+learned before the current one), ``train/<game>/episode_return``, ``loss/<name>``,
 ``blip/<layer>/frozen_bits``, ``blip/<layer>/frac_frozen``, ``perf/steps_per_s``. A checkpoint
 ``after_<k>_<game>.zip`` is written after each game (``PPO.load`` restores the frozen bits).
 """
@@ -33,6 +34,7 @@ import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
 
+from blip_rl import metrics
 from blip_rl.atari import GameSpec, human_normalized, resolve_game
 from blip_rl.errors import UsageError, cli
 from blip_rl.files import atomic_write
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     model.set_logger(logger)  # one TensorBoard run for the whole sequence
 
-    score_after_learning: dict[str, float] = {}
+    matrix: list[list[float]] = []  # R[k][j]: raw score on game j after learning game k
     for k, game in enumerate(games):
         if k > 0:
             model.set_env(env_for(game))  # same spaces: full action set everywhere
@@ -146,17 +148,17 @@ def main(argv: list[str] | None = None) -> int:
             ),
             reset_num_timesteps=False,
         )
+        row = []
         for other in games:
             ret = evaluate(model, other, args)
+            row.append(ret)
             norm = human_normalized(other, ret)
-            score = ret if norm is None else norm
             logger.record(f"eval/{other.name}/return", ret)
             if norm is not None:
                 logger.record(f"eval/{other.name}/normalized", norm)
-            if other == game:
-                score_after_learning[other.name] = score
-            elif other.name in score_after_learning:
-                logger.record(f"forgetting/{other.name}", score_after_learning[other.name] - score)
+        matrix.append(row)
+        for j, forgot in metrics.forgetting_after(matrix, k).items():
+            logger.record(f"forgetting/{games[j].name}", forgot)
         logger.dump(model.num_timesteps)
         save_atomically(model, run / f"after_{k + 1}_{game.name}.zip")
     print(f"done: TensorBoard logs and checkpoints in {run}")
