@@ -4,7 +4,7 @@ Two parts, both written into ``<sweep>/report/`` (``report/<games>/`` per game s
 grid has several):
 
 * the comparison of ``python -m blip_rl.report`` over the sequence's finished run folders (its
-  CLI, run as a subprocess: ``comparison.md``, ``curves.png``, ``report.json``);
+  command line, called in-process: ``comparison.md``, ``curves.png``, ``report.json``);
 * ``grid.md`` / ``grid.json`` in ``report/``: per group of the grid (a sequence, an agent and its
   swept settings; the trials of a group differ only by their seed) the mean over seeds and a 95%
   confidence interval of each summary scalar of the runs (``summary.json``). The interval is
@@ -13,11 +13,11 @@ grid has several):
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Sequence
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,19 @@ def grid_table(
     return "\n".join(lines), data
 
 
+def _report_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``python -m blip_rl.report ARGV`` in this process: (exit code, stdout, stderr)."""
+    from blip_rl import report
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            rc = report.main(argv)
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 2
+    return int(rc or 0), out.getvalue(), err.getvalue()
+
+
 def write_report(
     trials: Sequence[Trial], sweep_dir: Path, name: str, states: dict[str, str]
 ) -> tuple[list[Path], list[str]]:
@@ -150,19 +163,14 @@ def write_report(
         target = out
         if len(sequences) > 1:
             target = out / done[0].name.split("__")[0]
-        proc = subprocess.run(
-            [sys.executable, "-m", "blip_rl.report"]
-            + [str(sweep_dir / t.name) for t in done]
-            + ["--out", str(target)],
-            capture_output=True,
-            text=True,
-            check=False,
+        rc, stdout, stderr = _report_cli(
+            [str(sweep_dir / t.name) for t in done] + ["--out", str(target)]
         )
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        if rc != 0:
+            last = (stderr.strip().splitlines() or ["failed"])[-1]
             warnings.append(f"python -m blip_rl.report over {games} failed: {last}")
         else:
-            files += [Path(line) for line in proc.stdout.split() if line.strip()]
+            files += [Path(line) for line in stdout.split() if line.strip()]
     text, data = grid_table(trials, sweep_dir, name, states)
     atomic_write(out / "grid.md", (text + "\n").encode())
     atomic_write(out / "grid.json", (json.dumps(data, indent=2) + "\n").encode())

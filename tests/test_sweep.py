@@ -166,18 +166,18 @@ def test_killed_trial_resumes_from_its_checkpoint(tiny_sweep: dict[str, Any]) ->
 
 
 def test_rerun_of_a_finished_sweep_starts_nothing_and_rebuilds_the_report(
-    tiny_sweep: dict[str, Any],
+    tiny_sweep: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep_dir = tiny_sweep["dir"]
     before = _status(sweep_dir)
     grid_md = sweep_dir / "report" / "grid.md"
     stamp = grid_md.stat().st_mtime_ns
-    proc = subprocess.run(
-        _sweep_cmd(tiny_sweep["runs"]), capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 finished, 0 to run" in proc.stderr
-    assert "on Ray" not in proc.stderr  # Ray is not even started
+    rc = sweep.main([*TINY_SWEEP, "--runs-dir", str(tiny_sweep["runs"])])
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-3000:]
+    assert "4 finished, 0 to run" in err
+    assert "on Ray" not in err  # Ray is not even started
+    assert "| finetune | 2/2 |" in out
     after = _status(sweep_dir)
     for t in TRIALS:
         assert after[t]["attempts"] == before[t]["attempts"]
