@@ -4,7 +4,7 @@ This module is pure torch and knows nothing of reinforcement learning; any model
 :class:`BlipLinear` / :class:`BlipConv2d` can use it (a supervised user too).
 
 The method (Shi et al., "Continual Learning via Bit-Level Information Preserving", CVPR 2021) as
-this project states it is in ``shared/docs/blip-method.md``. In short, for a parameter tensor with
+this project states it is in ``docs/blip.md``. In short, for a parameter tensor with
 bound ``B`` and ``N = max_bits``:
 
 * the N-bit code of a value ``w`` is ``floor((w + B) / (2B) * 2**N)`` clamped to ``[0, 2**N - 1]``,
