@@ -116,8 +116,14 @@ def test_analyze_run_folders_end_to_end(tmp_path: Path) -> None:
     assert blip.plasticity[:, 1] == pytest.approx([0.5] * 3)
     assert ft.plasticity[:, 1] == pytest.approx([1.0] * 3)
     assert blip.aggregates["forgetting"][2] < ft.aggregates["forgetting"][1]  # CIs separate
+    # paired by seed: every seed's blip forgetting minus its fine-tuning forgetting
+    mean, low, high, n = az.paired_difference(blip, ft)
+    want = [1 / 20 - 0.5, 1 / 22 - 0.5, 1 / 21 - 0.5]
+    assert n == 3 and mean == pytest.approx(np.mean(want))
+    assert min(want) <= low < mean < high <= max(want)
     text = (out / "forgetting.md").read_text()
     assert "inconclusive" not in text and "met: CIs separate" in text
+    assert "1000 env steps per game, below the bar's 200k" in text
     for name in ("retention_plasticity.png", "heatmaps_freeway-boxing.png", "analysis.json"):
         assert (out / name).stat().st_size > 0
     assert az.main([str(tmp_path / "nope")]) == 2

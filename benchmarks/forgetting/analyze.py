@@ -404,6 +404,22 @@ def aggregate_markdown(results: Sequence[GroupResult]) -> str:
     return "\n".join(lines)
 
 
+def paired_difference(
+    a: GroupResult, b: GroupResult, key: str = "forgetting", reps: int = 2000
+) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n)``: the mean over common seeds of ``a``'s minus ``b``'s per-seed
+    value (each the mean over the games where it is defined), with a 95% percentile bootstrap
+    CI over seeds. Paired by seed: runs that branch from one shared checkpoint share game 1."""
+    va = {s: finite_mean(v) for s, v in zip(a.seeds, getattr(a, key), strict=True)}
+    vb = {s: finite_mean(v) for s, v in zip(b.seeds, getattr(b, key), strict=True)}
+    diffs = np.array([va[s] - vb[s] for s in va if s in vb])
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size == 0:
+        return math.nan, math.nan, math.nan, 0
+    point, low, high = stratified_bootstrap_ci(diffs[:, None], finite_mean, reps=reps)
+    return point, low, high, int(diffs.size)
+
+
 def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> list[str]:
     """Issue 9's bar per sequence: ``method``'s forgetting at most a third of ``baseline``'s
     with separated CIs, and ``method``'s plasticity at least 0.8."""
@@ -416,6 +432,7 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
         fm, fb = mine[0].aggregates["forgetting"], base[0].aggregates["forgetting"]
         pm = mine[0].aggregates["plasticity"]
         seeds = min(len(mine[0].seeds), len(base[0].seeds))
+        steps = min(mine[0].steps_per_game, base[0].steps_per_game)
         if not (np.isfinite(fm[0]) and np.isfinite(fb[0])):
             verdict = "inconclusive: forgetting undefined (a game was not learned)"
         elif seeds < 3:
@@ -426,12 +443,21 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
             verdict = "CIs separate, but forgetting is more than 1/3 of the baseline's"
         else:
             verdict = "inconclusive: the CIs overlap"
+        if steps < 200_000:
+            verdict += f"; {steps} env steps per game, below the bar's 200k"
+        d = paired_difference(mine[0], base[0])
+        paired = (
+            "no common seed"
+            if d[3] == 0
+            else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] over {d[3]} paired seed(s)"
+        )
         plast = (
             "–" if not np.isfinite(pm[0]) else f"{pm[0]:.2f} ({'>=' if pm[0] >= 0.8 else '<'} 0.8)"
         )
         out.append(
             f"- `{seq}`: {method} forgetting {_ci(fm)} vs {baseline} {_ci(fb)} → {verdict}; "
-            f"{method} plasticity IQM {plast}."
+            f"{method} plasticity IQM {plast}. Paired difference of forgetting "
+            f"({method} - {baseline}): {paired}."
         )
     return out
 
