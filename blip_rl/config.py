@@ -59,6 +59,11 @@ RUN_FLAG_FIELDS = (
     "eval_episodes",
     "checkpoint_every",
     "shared_head",
+    "capture_video",
+    "video_max_frames",
+    "track",
+    "wandb_project",
+    "wandb_entity",
 )
 """Top-level :class:`RunConfig` fields that are flags (and may be set by an agent's ``[run]``)."""
 
@@ -97,6 +102,19 @@ class RunConfig:
     """Write a checkpoint every this many env steps (0: only after games)."""
     shared_head: bool = False
     """One pair of heads over the full 18-action set for all games."""
+    capture_video: bool = False
+    """After each game, record one evaluation episode of every game from the RGB screen
+    (videos/after-<k>-<game>.mp4, TensorBoard video/<game>/after_<k>, a contact sheet). See
+    :mod:`blip_rl.video`."""
+    video_max_frames: int = 1000
+    """Frames (agent steps, 15 per second) per recorded video at most; longer episodes are cut."""
+    track: bool = False
+    """Mirror the run (scalars, matrix, hparams, videos) to Weights & Biases; needs the extra
+    blip-rl[wandb] (WANDB_MODE=offline works without a network). See :mod:`blip_rl.wandb_log`."""
+    wandb_project: str = "blip-rl"
+    """W&B project of --track."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team) of --track; default: your W&B default entity."""
     device: str = "cpu"
     """Torch device the run trains on."""
     atari: AtariConfig = field(default_factory=AtariConfig)
@@ -134,6 +152,12 @@ class RunConfig:
         check_int(self, "eval_episodes", 1)
         check_int(self, "checkpoint_every", 0)
         check_bool(self, "shared_head")
+        check_bool(self, "capture_video")
+        check_int(self, "video_max_frames", 1, 108_000)
+        check_bool(self, "track")
+        _check_wandb_name(self.wandb_project, "--wandb-project")
+        if self.wandb_entity is not None:
+            _check_wandb_name(self.wandb_entity, "--wandb-entity")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):
@@ -154,6 +178,21 @@ class RunConfig:
         """Rebuild from :meth:`to_json` data (validates; unknown top-level keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _check_wandb_name(value: Any, flag: str) -> None:
+    """A W&B project or entity name: non-empty text of at most 128 characters without
+    ``/ \\ # ? % :`` (W&B refuses those)."""
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > 128
+        or any(ch in value for ch in "/\\#?%:")
+    ):
+        raise ValueError(
+            f"invalid {flag} {value!r}; expected a W&B name (1 to 128 characters, "
+            "none of / \\ # ? % :)"
+        )
 
 
 # ------------------------------------------------------------------------------------ presets

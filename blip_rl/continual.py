@@ -30,7 +30,12 @@ Resume (``--resume``): the last checkpoint restores the network with its BLIP st
 optimizer and learning-rate schedule, the method's state, the RNG states, the evaluation history
 and the position (game, env steps). Training continues at that step with freshly reset envs
 (emulator states are not saved); steps after the checkpoint are lost and done again, and
-TensorBoard drops the killed run's events from that step on (``purge_step``).
+TensorBoard drops the killed run's events after that step (``purge_step``; the events at the
+checkpoint's own step were logged before it was written, and are kept).
+
+Videos (``--capture-video``, :mod:`blip_rl.video`): right after the after-game evaluation, one
+episode of every game is recorded (on its own RNG: the run's training is the same with or
+without videos). W&B (``--track``, :mod:`blip_rl.wandb_log`): the TensorBoard log mirrored.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from blip_rl.methods import METHODS, ContinualMethod, GameContext
 from blip_rl.nets import ActorCritic
 from blip_rl.ppo import PPO, IterationResult, autocast_dtype
 from blip_rl.tblog import TBLogger
+from blip_rl.video import VideoCapture
 
 __all__ = ["CHECKPOINT_FORMAT", "ContinualRun", "check_branch", "load_checkpoint"]
 
@@ -492,7 +498,13 @@ class ContinualRun:
     def run(self) -> dict[str, Any]:
         """Train the whole sequence (or its remainder after a resume); returns the summary."""
         cfg, prog = self.cfg, self.progress
-        purge = prog.global_step if prog.resumes else (0 if self._restart else None)
+        # Everything at the checkpoint's step was logged before the checkpoint was written.
+        purge = prog.global_step + 1 if prog.resumes else (0 if self._restart else None)
+        tracker = None
+        if cfg.track:  # before the TensorBoard writer: W&B hooks writers created after it
+            from blip_rl.wandb_log import WandbTracker
+
+            tracker = WandbTracker(self.run_dir, cfg.to_json(), cfg.wandb_project, cfg.wandb_entity)
         self.log = log = TBLogger(str(self.run_dir), purge_step=purge)
         self._started, self._wall0 = time.perf_counter(), prog.wall_time
         try:
@@ -516,10 +528,14 @@ class ContinualRun:
                 {f"summary/{k}": v for k, v in summary["scalars"].items()}, prog.global_step
             )
             write_json(self.run_dir / "summary.json", summary)
+            if tracker is not None:
+                tracker.summary(summary["scalars"], summary["games"], self.history.matrix)
             return summary
         finally:
             log.close()
             self.log = None
+            if tracker is not None:
+                tracker.finish()
 
     def _train_game(self, k: int) -> None:
         cfg, prog = self.cfg, self.progress
@@ -578,6 +594,8 @@ class ContinualRun:
                 scalars = self.method.after_game(ctx)
             self._log_method(scalars)
             row = self.evaluate_all(after_game=k)
+            if cfg.capture_video:
+                self._record_videos(k)
             self.history.matrix.append(row)
             self.history.after_game.append(scalars)
             assert self.log is not None
@@ -590,6 +608,21 @@ class ContinualRun:
             self.log.flush()
         finally:
             envs.close()
+
+    def _record_videos(self, k: int) -> None:
+        """One episode of every game after game ``k`` (:mod:`blip_rl.video`), on a forked RNG
+        so that the training that follows is the same as without videos."""
+        capture = VideoCapture(
+            self.run_dir, self.atari_config, self.cfg.video_max_frames, self.cfg.seed
+        )
+        names = [g.name for g in self.games]
+        players = [
+            (self.games[names.index(n)], self._policy_fn(self.head_of[names.index(n)]))
+            for n in self.eval_names
+        ]
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            capture.after_game(k, self.games[k].name, self.progress.global_step, players, self.log)
 
     def _callback(
         self, ctx: GameContext, callbacks: list[RunCallback]

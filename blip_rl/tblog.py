@@ -6,6 +6,7 @@ Tags (global step = env steps summed over the whole sequence, so every game's cu
     forgetting/<game>         loss/<name>                 blip/<layer>/frozen_bits
     blip/<layer>/frac_frozen  blip/memory_bytes_per_param perf/steps_per_s
     matrix/eval_return (image and text)                   summary/<metric>
+    video/<game>/after_<k> (an animated GIF; ``--capture-video``)
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ class TBLogger:
         img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
         self.writer.add_image("matrix/eval_return", img, step, dataformats="HWC")
         self.writer.add_text("matrix/eval_return", matrix_markdown(matrix, games), step)
+
+    def video(self, tag: str, frames: np.ndarray, step: int, fps: float) -> None:
+        """An animated GIF of ``uint8 (T, H, W, 3)`` frames (what ``SummaryWriter.add_video``
+        writes, encoded here by imageio: torch's own encoder needs moviepy 1.x)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        from blip_rl.video import encode_gif
+
+        _, h, w, c = frames.shape
+        image = Summary.Image(
+            height=h, width=w, colorspace=c, encoded_image_string=encode_gif(frames, fps)
+        )
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self.writer._get_file_writer().add_summary(summary, step)
 
     def hparams(self, params: Mapping[str, Any], metrics: Sequence[str]) -> None:
         """Write the run's hyper-parameters into this run's own event file (the HParams tab)."""

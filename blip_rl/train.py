@@ -209,6 +209,14 @@ def _branch_source(args: argparse.Namespace) -> dict[str, Any]:
     return ckpt
 
 
+def _check_track(config: RunConfig) -> None:
+    """``--track`` without the wandb extra: one error line before any folder or training."""
+    if config.track:
+        from blip_rl.wandb_log import require
+
+        require()
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for bad input)."""
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.resume:
         run_dir, config = _resume_config(args, table)
+        _check_track(config)
         lock = _lock(run_dir)
         run = ContinualRun(run_dir, config, resume=True, progress=not args.no_progress)
         print(f"resuming {run_dir} at env step {run.progress.global_step}", file=sys.stderr)
@@ -238,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(json.dumps(config.to_json(), indent=2))
             return 0
+        _check_track(config)
         run_dir = _new_run_dir(args, config)
         lock = _lock(run_dir)
         write_json(run_dir / "config.json", config.to_json())

@@ -69,6 +69,8 @@ BAD = [
     (["--agent", "packnet", "--packnet-prune", "1"], "--packnet-prune 1"),
     (["--agent", "packnet", "--packnet-retrain-frac", "-1"], "--packnet-retrain-frac -1"),
     (["--agent", "packnet", "--packnet-retrain-lr", "0"], "--packnet-retrain-lr 0"),
+    (["--video-max-frames", "0"], "--video-max-frames 0"),
+    (["--wandb-project", "a/b"], "--wandb-project 'a/b'"),
     # Types and names.
     (["--seed", "one"], "--seed 'one'"),
     (["--blip", "maybe"], "--blip 'maybe'"),
