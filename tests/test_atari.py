@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ale_py import roms
+from conftest import one_error_line
 
 from blip_rl import atari
 from blip_rl.atari import (
@@ -243,10 +244,7 @@ def test_cli_usage_errors_are_one_line_exit_2(
     argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert train_main([*argv, "--dry-run"]) == 2  # --dry-run: never train if it passed
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
-    assert "Traceback" not in captured.err
+    assert needle in one_error_line(capsys)
 
 
 def test_cli_choice_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

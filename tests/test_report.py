@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import one_error_line
 from tiny import TINY as BASE
 
 from blip_rl import metrics
@@ -28,12 +29,6 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("runs")
     assert train([*TINY, "--runs-dir", str(root), "--run-name", "tiny"]) == 0
     yield root / "tiny"
-
-
-def _error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def test_one_run_writes_its_report(real_run: Path, capsys) -> None:
@@ -174,7 +169,7 @@ def test_forward_transfer_against_reference_runs(tmp_path: Path, capsys) -> None
     # A reference with another budget is refused.
     other = _fake_run(tmp_path / "ref2", ["breakout"], [[1.0]], steps=50)
     assert report([str(run), "--reference", str(other)]) == 2
-    assert "same budget" in _error(capsys)
+    assert "same budget" in one_error_line(capsys)
 
 
 def test_unfinished_run_is_reported_up_to_its_last_game(tmp_path: Path, capsys) -> None:
@@ -183,15 +178,15 @@ def test_unfinished_run_is_reported_up_to_its_last_game(tmp_path: Path, capsys) 
     assert "Incomplete run" in (run / "report" / "summary.md").read_text()
     done = _fake_run(tmp_path / "d", ["pong", "breakout"], [[3.0, 1.0], [2.0, 2.0]])
     assert report([str(run), str(done), "--out", str(tmp_path / "c")]) == 2
-    assert "unfinished" in _error(capsys)
+    assert "unfinished" in one_error_line(capsys)
 
 
 def test_bad_input_is_one_line_exit_2(real_run: Path, tmp_path: Path, capsys) -> None:
     assert report([str(tmp_path / "missing")]) == 2
-    assert "no such run folder" in _error(capsys)
+    assert "no such run folder" in one_error_line(capsys)
     (tmp_path / "empty").mkdir()
     assert report([str(tmp_path / "empty")]) == 2
-    assert "not a blip-rl run folder" in _error(capsys)
+    assert "not a blip-rl run folder" in one_error_line(capsys)
     # Runs over different game lists cannot be compared.
     other = shutil.copytree(real_run, tmp_path / "other")
     cfg = json.loads((other / "config.json").read_text())
@@ -199,18 +194,18 @@ def test_bad_input_is_one_line_exit_2(real_run: Path, tmp_path: Path, capsys) ->
     (other / "config.json").write_text(json.dumps(cfg))
     before = sorted(p.name for p in tmp_path.iterdir())
     assert report([str(real_run), str(other), "--out", str(tmp_path / "never")]) == 2
-    assert "different game lists" in _error(capsys)
+    assert "different game lists" in one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     # A run started but with no finished game; a corrupt config; the same run twice.
     started = _fake_run(tmp_path / "started", ["pong"], [], finished=False)
     assert report([str(started)]) == 2
-    assert "no finished game" in _error(capsys)
+    assert "no finished game" in one_error_line(capsys)
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "config.json").write_text("{not json")
     assert report([str(tmp_path / "corrupt")]) == 2
-    assert "unreadable config.json" in _error(capsys)
+    assert "unreadable config.json" in one_error_line(capsys)
     assert report([str(real_run), str(real_run)]) == 2
-    assert "given twice" in _error(capsys)
+    assert "given twice" in one_error_line(capsys)
     # A multi-game run as a forward-transfer reference.
     assert report([str(real_run), "--reference", str(real_run)]) == 2
-    assert "single-game run" in _error(capsys)
+    assert "single-game run" in one_error_line(capsys)

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import Prefixes, assert_in_bounds, frozen_prefixes
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.logger import KVWriter, Logger
 from torch import nn
 
-from blip_rl import BlipLayer, blip_layers, code_of
+from blip_rl import BlipLayer, blip_layers
 from blip_rl.errors import UsageError
 from blip_rl.sb3 import (
     BlipActorCriticCnnPolicy,
@@ -37,30 +38,12 @@ def atari(n_envs: int = 2, game: str = "pong") -> Any:
     return make_sb3_atari_env(game, n_envs, seed=0, sticky_actions=0.0)
 
 
-Snapshot = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-def prefixes(policy: nn.Module, bits_of: Snapshot | None = None) -> Snapshot:
-    """Per parameter: frozen bits ``b`` and prefix ``code >> (N - b)`` (-1 where ``b = 0``).
-    With ``bits_of``, the prefixes are taken with the bit counts of that earlier snapshot."""
-    out: Snapshot = {}
-    for name, layer in blip_layers(policy):
-        for p in layer.quantized_names:
-            key = f"{name}.{p}"
-            bits = getattr(layer, f"{p}_bits").to(torch.int64)
-            if bits_of is not None:
-                bits = bits_of[key][0]
-            code = code_of(getattr(layer, p), layer.bound(p), layer.max_bits)
-            out[key] = (bits, torch.where(bits > 0, code >> (layer.max_bits - bits), -1))
-    return out
-
-
 def params(policy: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in policy.named_parameters()}
 
 
-def assert_prefixes_kept(before: Snapshot, policy: nn.Module) -> None:
-    after = prefixes(policy, bits_of=before)
+def assert_prefixes_kept(before: Prefixes, policy: nn.Module) -> None:
+    after = frozen_prefixes(policy, bits_of=before)
     assert any(bool((bits > 0).any()) for bits, _ in before.values()), "nothing was frozen"
     for name, (_, prefix) in before.items():
         changed = int((after[name][1] != prefix).sum())
@@ -70,14 +53,6 @@ def assert_prefixes_kept(before: Snapshot, policy: nn.Module) -> None:
 def assert_moved(before: dict[str, torch.Tensor], policy: nn.Module) -> None:
     after = params(policy)
     assert any(not torch.equal(before[n], after[n]) for n in before), "training changed nothing"
-
-
-def assert_in_bounds(policy: nn.Module) -> None:
-    for name, layer in blip_layers(policy):
-        for p in layer.quantized_names:
-            w = getattr(layer, p).detach().double()
-            bound = layer.bound(p)
-            assert bool((w >= -bound).all()) and bool((w < bound).all()), f"{name}.{p}"
 
 
 def assert_all_blip(policy: nn.Module) -> None:
@@ -151,7 +126,7 @@ def test_ppo_atari_updates_keep_frozen_prefixes() -> None:
     model.learn(32)
     fisher = freeze_policy(model)
     assert set(fisher) == {n for n, _ in model.policy.named_parameters() if n != "log_std"}
-    before, weights = prefixes(model.policy), params(model.policy)
+    before, weights = frozen_prefixes(model.policy), params(model.policy)
     model.learn(64, reset_num_timesteps=False)
     assert model.num_timesteps == 96
     assert_moved(weights, model.policy)
@@ -167,7 +142,7 @@ def test_save_load_keeps_blip_state_exactly_and_still_constrains(tmp_path: Any) 
     model.learn(32, reset_num_timesteps=False)
     freeze_policy(model)
     state = {k: v.clone() for k, v in model.policy.state_dict().items()}
-    before = prefixes(model.policy)
+    before = frozen_prefixes(model.policy)
     model.save(tmp_path / "m.zip")
 
     loaded = PPO.load(tmp_path / "m.zip", env=env)
@@ -194,7 +169,7 @@ def test_a2c_atari_works_and_keeps_frozen_prefixes() -> None:
     assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
     model.learn(32)
     freeze_policy(model)
-    before, weights = prefixes(model.policy), params(model.policy)
+    before, weights = frozen_prefixes(model.policy), params(model.policy)
     model.learn(64, reset_num_timesteps=False)
     assert_moved(weights, model.policy)
     assert_prefixes_kept(before, model.policy)
@@ -214,7 +189,7 @@ def test_mlp_policy_on_cartpole() -> None:
     }
     model.learn(64)
     freeze_policy(model)
-    before, weights = prefixes(model.policy), params(model.policy)
+    before, weights = frozen_prefixes(model.policy), params(model.policy)
     model.learn(128, reset_num_timesteps=False)
     assert_moved(weights, model.policy)
     assert_prefixes_kept(before, model.policy)
@@ -223,7 +198,7 @@ def test_mlp_policy_on_cartpole() -> None:
 def test_continual_set_env_between_games() -> None:
     model = PPO(BlipActorCriticCnnPolicy, atari(1, "pong"), policy_kwargs=SMALL_CNN, **PPO_TINY)
     model.learn(16, callback=BlipFreezeCallback())
-    before = prefixes(model.policy)
+    before = frozen_prefixes(model.policy)
     model.set_env(atari(1, "breakout"))  # same spaces thanks to the full action set
     model.learn(32, callback=BlipFreezeCallback(), reset_num_timesteps=False)
     assert model.num_timesteps == 48
