@@ -382,6 +382,9 @@ def _audited_run(tmp: Path, agent: str, monkeypatch: pytest.MonkeyPatch) -> Devi
 
 
 AGENTS = ["blip", "finetune", "ewc", "online-ewc", "packnet"]
+DEVICES = ["cpu", pytest.param("cuda", marks=[cuda, pytest.mark.cuda])]
+"""The GPU tests' code also runs on the CPU (CPU against CPU), so it is known to work before a
+GPU machine runs it."""
 
 
 @pytest.mark.parametrize("agent", AGENTS)
@@ -640,20 +643,19 @@ def _no_tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-@cuda
-@pytest.mark.cuda
-def test_cuda_fisher_freeze_and_constraint_match_the_cpu() -> None:
-    """Fisher (actions drawn with the game's CPU generator), freeze and the constraint on CUDA
-    give the CPU's numbers, and every BLIP buffer stays on the GPU."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_fisher_freeze_and_constraint_match_the_cpu(device: str) -> None:
+    """Fisher (actions drawn with the game's CPU generator), freeze and the constraint on
+    ``device`` give the CPU's numbers, and every BLIP buffer stays on the device."""
     import copy
 
-    from blip_rl.methods import GameContext, MethodConfig, game_fisher
+    from blip_rl.methods.base import GameContext, MethodConfig, game_fisher
     from blip_rl.nets import ActorCritic, NetConfig
     from blip_rl.quant import attach, blip_layers, code_of, freeze
 
     torch.manual_seed(0)
     cpu_net = ActorCritic([4, 6], NetConfig(channels=(8, 16, 16), hidden=32))
-    gpu_net = copy.deepcopy(cpu_net).cuda()
+    gpu_net = copy.deepcopy(cpu_net).to(device)
     states = torch.randint(0, 256, (96, 4, 84, 84), dtype=torch.uint8)
     config = MethodConfig(fisher_states=96, fisher_chunk=32)
 
@@ -669,17 +671,17 @@ def test_cuda_fisher_freeze_and_constraint_match_the_cpu() -> None:
 
     with _no_tf32():
         f_cpu, n_cpu = game_fisher(ctx(cpu_net, torch.device("cpu")), config)
-        f_gpu, n_gpu = game_fisher(ctx(gpu_net, torch.device("cuda")), config)
+        f_gpu, n_gpu = game_fisher(ctx(gpu_net, torch.device(device)), config)
     assert n_cpu == n_gpu == 96
     for name, f in f_cpu.items():
-        assert f_gpu[name].device.type == "cuda", name
+        assert f_gpu[name].device.type == device, name
         torch.testing.assert_close(f_gpu[name].cpu(), f, rtol=1e-3, atol=1e-12)
     freeze(cpu_net, f_cpu)
-    freeze(gpu_net, {n: f.cuda() for n, f in f_cpu.items()})  # the same Fisher on both
+    freeze(gpu_net, {n: f.to(device) for n, f in f_cpu.items()})  # the same Fisher on both
     for (name, c), (_, g) in zip(blip_layers(cpu_net), blip_layers(gpu_net), strict=True):
         for p in c.quantized_names:
             for buf in (f"{p}_bits", f"{p}_prefix", f"{p}_fisher", f"_{p}_lo", f"_{p}_hi"):
-                assert getattr(g, buf).device.type == "cuda", f"{name}.{buf}"
+                assert getattr(g, buf).device.type == device, f"{name}.{buf}"
             bits_c, bits_g = getattr(c, f"{p}_bits"), getattr(g, f"{p}_bits").cpu()
             # float64 log2 may differ in the last ulp between the devices: at most a stray
             # scalar at an exact bit boundary.
@@ -693,7 +695,7 @@ def test_cuda_fisher_freeze_and_constraint_match_the_cpu() -> None:
     }
     opt = torch.optim.Adam(gpu_net.parameters(), lr=1e-2)
     attach(opt, gpu_net)
-    x = states[:32].cuda()
+    x = states[:32].to(device)
     for _ in range(3):
         logits, value = gpu_net(x, 1)
         loss = logits.logsumexp(-1).mean() + value.pow(2).mean()
@@ -705,13 +707,12 @@ def test_cuda_fisher_freeze_and_constraint_match_the_cpu() -> None:
         now = code_of(getattr(g, p), g.bound(p), g.max_bits)
         n = g.max_bits
         kept = torch.where(bits > 0, (now >> (n - bits)) == (code >> (n - bits)), True)
-        assert bool(kept.all()), f"{name}.{p}: a frozen prefix changed on CUDA"
+        assert bool(kept.all()), f"{name}.{p}: a frozen prefix changed on {device}"
 
 
-@cuda
-@pytest.mark.cuda
-def test_cuda_sb3_plugin_learns_and_freezes() -> None:
-    """SB3 PPO with ``BlipActorCriticCnnPolicy`` on CUDA: learn, freeze with top-up states
+@pytest.mark.parametrize("device", DEVICES)
+def test_sb3_plugin_learns_and_freezes_on_the_device(device: str) -> None:
+    """SB3 PPO with ``BlipActorCriticCnnPolicy`` on ``device``: learn, freeze with top-up states
     (``BlipFreezeCallback``), learn again with the frozen prefixes kept."""
     from stable_baselines3 import PPO as SB3PPO
 
@@ -727,13 +728,16 @@ def test_cuda_sb3_plugin_learns_and_freezes() -> None:
             batch_size=32,
             n_epochs=2,
             seed=0,
-            device="cuda",
+            device=device,
+            policy_kwargs={
+                "features_extractor_kwargs": {"features_dim": 16, "channels": (8, 16, 16)}
+            },
         )
         callback = BlipFreezeCallback(n_states=96, seed=0)
         model.learn(64, callback=callback)
         assert callback.fisher is not None
         layers = dict(blip_layers(model.policy))
-        assert all(m.weight_bits.device.type == "cuda" for m in layers.values())
+        assert all(m.weight_bits.device.type == device for m in layers.values())
         frozen = {
             n: (m.weight_bits.long(), code_of(m.weight, m.bound("weight"), m.max_bits))
             for n, m in layers.items()
@@ -745,37 +749,38 @@ def test_cuda_sb3_plugin_learns_and_freezes() -> None:
             now = code_of(m.weight, m.bound("weight"), m.max_bits)
             k = m.max_bits
             kept = torch.where(bits > 0, (now >> (k - bits)) == (code >> (k - bits)), True)
-            assert bool(kept.all()), f"{n}: a frozen prefix changed on CUDA"
+            assert bool(kept.all()), f"{n}: a frozen prefix changed on {device}"
     finally:
         env.close()
 
 
-@cuda
-@pytest.mark.cuda
-def test_cuda_ppo_storage_and_losses_live_on_the_gpu() -> None:
-    """One PPO iteration on a real ROM on CUDA: storage, optimizer state and BLIP buffers on the
-    GPU, finite losses, bf16 autocast on the GPU."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_ppo_storage_and_losses_live_on_the_device(device: str) -> None:
+    """One PPO iteration on a real ROM on ``device``: storage, optimizer state and BLIP buffers
+    on the device, finite losses, bf16 autocast on a GPU."""
     from blip_rl.atari import AtariConfig, make_train_envs
     from blip_rl.nets import ActorCritic, NetConfig
-    from blip_rl.ppo import PPOConfig
+    from blip_rl.ppo import PPOConfig, bf16_supported
     from blip_rl.quant import attach
 
     envs = make_train_envs("breakout", 4, 0, AtariConfig(sticky_actions=0.0))
     try:
         torch.manual_seed(0)
-        net = ActorCritic([envs.single_action_space.n], NetConfig()).cuda()  # type: ignore[attr-defined]
+        net = ActorCritic([envs.num_actions], NetConfig(channels=(8, 16, 16), hidden=32))
+        net = net.to(device)
         config = PPOConfig(num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2)
-        ppo = PPO(net, envs, config, head=0, total_steps=1024, device="cuda")
+        ppo = PPO(net, envs, config, head=0, total_steps=1024, device=device)
         attach(ppo.optimizer, net)
-        assert ppo.autocast_dtype == torch.bfloat16
+        bf16 = device == "cuda" or bf16_supported()
+        assert ppo.autocast_dtype == (torch.bfloat16 if bf16 else None)
         ppo.reset_envs(seed=0)
         ppo.collect()
         losses = ppo.update()
         assert all(v == v for k, v in losses.items() if k != "explained_variance"), losses
         for name in ("obs", "actions", "logprobs", "rewards", "dones", "values", "valid"):
-            assert getattr(ppo.storage, name).device.type == "cuda", name
+            assert getattr(ppo.storage, name).device.type == device, name
         for state in ppo.optimizer.state.values():
-            assert state["exp_avg"].device.type == "cuda"
-        assert all(b.device.type == "cuda" for b in net.buffers())
+            assert state["exp_avg"].device.type == device
+        assert all(b.device.type == device for b in net.buffers())
     finally:
         envs.close()
