@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -350,15 +352,27 @@ def test_observation_contract(backend: str) -> None:
         full.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_clipping_only_in_training_and_same_streams(backend: str) -> None:
-    """Train and eval envs with one seed play the same game; only the rewards differ."""
+@contextlib.contextmanager
+def train_and_eval_envs(
+    game: str, num_envs: int, seed: int, backend: str
+) -> Iterator[tuple[atari.AtariVecEnv, atari.AtariVecEnv]]:
+    """Training and evaluation envs of one game with one seed (no sticky actions), reset."""
     config = AtariConfig(backend=backend, sticky_actions=0.0)  # type: ignore[arg-type]
-    train = make_train_envs("space_invaders", 2, seed=5, config=config)
-    evals = make_eval_envs("space_invaders", 2, seed=5, config=config)
+    train = make_train_envs(game, num_envs, seed=seed, config=config)
+    evals = make_eval_envs(game, num_envs, seed=seed, config=config)
     try:
         train.reset()
         evals.reset()
+        yield train, evals
+    finally:
+        train.close()
+        evals.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clipping_only_in_training_and_same_streams(backend: str) -> None:
+    """Train and eval envs with one seed play the same game; only the rewards differ."""
+    with train_and_eval_envs("space_invaders", 2, 5, backend) as (train, evals):
         rng = np.random.default_rng(1)
         big = False
         for _ in range(120):
@@ -369,21 +383,13 @@ def test_clipping_only_in_training_and_same_streams(backend: str) -> None:
             assert np.array_equal(r1, np.sign(r2))
             big |= bool((r2 > 1).any())
         assert big, "space invaders gives rewards above 1 within 120 random steps"
-    finally:
-        train.close()
-        evals.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_true_scores_and_life_loss(backend: str) -> None:
     """Training ends an 'episode' at each life loss, but the game goes on; both report the
     whole-game true score when the game ends."""
-    config = AtariConfig(backend=backend, sticky_actions=0.0)  # type: ignore[arg-type]
-    train = make_train_envs("breakout", 1, seed=3, config=config)
-    evals = make_eval_envs("breakout", 1, seed=3, config=config)
-    try:
-        train.reset()
-        evals.reset()
+    with train_and_eval_envs("breakout", 1, 3, backend) as (train, evals):
         rng = np.random.default_rng(2)
         raw_sum = 0.0
         life_losses = 0
@@ -407,9 +413,6 @@ def test_true_scores_and_life_loss(backend: str) -> None:
             pytest.fail("a random breakout game should end within 3000 steps")
         assert life_losses == 4, "5 lives: 4 life losses, then game over"
         assert lives_seen[:-1] == sorted(lives_seen[:-1], reverse=True), "no reset at life loss"
-    finally:
-        train.close()
-        evals.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

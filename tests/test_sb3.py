@@ -55,6 +55,17 @@ def assert_moved(before: dict[str, torch.Tensor], policy: nn.Module) -> None:
     assert any(not torch.equal(before[n], after[n]) for n in before), "training changed nothing"
 
 
+def freeze_then_learn(model: Any, steps: int) -> dict[str, torch.Tensor]:
+    """Freeze, learn ``steps`` more steps, and check that training moved the weights but no
+    frozen prefix. Returns the Fisher of the freeze."""
+    fisher = freeze_policy(model)
+    before, weights = frozen_prefixes(model.policy), params(model.policy)
+    model.learn(steps, reset_num_timesteps=False)
+    assert_moved(weights, model.policy)
+    assert_prefixes_kept(before, model.policy)
+    return fisher
+
+
 def assert_all_blip(policy: nn.Module) -> None:
     plain = [
         n
@@ -124,13 +135,9 @@ def test_copied_policy_keeps_its_constraint() -> None:
 def test_ppo_atari_updates_keep_frozen_prefixes() -> None:
     model = PPO(BlipActorCriticCnnPolicy, atari(), policy_kwargs=SMALL_CNN, **PPO_TINY)
     model.learn(32)
-    fisher = freeze_policy(model)
+    fisher = freeze_then_learn(model, 64)
     assert set(fisher) == {n for n, _ in model.policy.named_parameters() if n != "log_std"}
-    before, weights = frozen_prefixes(model.policy), params(model.policy)
-    model.learn(64, reset_num_timesteps=False)
     assert model.num_timesteps == 96
-    assert_moved(weights, model.policy)
-    assert_prefixes_kept(before, model.policy)
     assert_in_bounds(model.policy)
 
 
@@ -168,11 +175,7 @@ def test_a2c_atari_works_and_keeps_frozen_prefixes() -> None:
     model = A2C(BlipActorCriticCnnPolicy, atari(), n_steps=8, seed=0, policy_kwargs=SMALL_CNN)
     assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
     model.learn(32)
-    freeze_policy(model)
-    before, weights = frozen_prefixes(model.policy), params(model.policy)
-    model.learn(64, reset_num_timesteps=False)
-    assert_moved(weights, model.policy)
-    assert_prefixes_kept(before, model.policy)
+    freeze_then_learn(model, 64)
 
 
 def test_mlp_policy_on_cartpole() -> None:
@@ -188,11 +191,7 @@ def test_mlp_policy_on_cartpole() -> None:
         "value_net",
     }
     model.learn(64)
-    freeze_policy(model)
-    before, weights = frozen_prefixes(model.policy), params(model.policy)
-    model.learn(128, reset_num_timesteps=False)
-    assert_moved(weights, model.policy)
-    assert_prefixes_kept(before, model.policy)
+    freeze_then_learn(model, 128)
 
 
 def test_continual_set_env_between_games() -> None:
