@@ -393,6 +393,16 @@ def _blip_policy(model: BaseAlgorithm, what: str) -> ActorCriticPolicy:
     return policy
 
 
+def _check_n_states(n_states: int | None) -> None:
+    if n_states is not None and (not isinstance(n_states, int) or n_states < 1):
+        raise UsageError(f"n_states={n_states!r} is not accepted: use None or an integer >= 1")
+
+
+def _check_value_fisher_coef(coef: float) -> None:
+    if not (isinstance(coef, int | float) and math.isfinite(coef)) or coef < 0:
+        raise UsageError(f"value_fisher_coef={coef!r} is not accepted: use a finite number >= 0")
+
+
 def _buffer_observations(model: BaseAlgorithm, policy: ActorCriticPolicy) -> np.ndarray:
     """The observations of the model's current rollout buffer, one row per state."""
     buffer = getattr(model, "rollout_buffer", None)
@@ -463,8 +473,7 @@ def rollout_states(
             states are needed and the model has no env.
     """
     policy = _blip_policy(model, "rollout_states()")
-    if n_states is not None and (not isinstance(n_states, int) or n_states < 1):
-        raise UsageError(f"n_states={n_states!r} is not accepted: use None or an integer >= 1")
+    _check_n_states(n_states)
     obs = _buffer_observations(model, policy)
     if len(obs) == 0:
         raise UsageError(
@@ -514,12 +523,7 @@ def estimate_policy_fisher(
     Returns:
         ``{parameter name: Fisher}`` as in ``model.policy.named_parameters()``.
     """
-    if not (isinstance(value_fisher_coef, int | float) and math.isfinite(value_fisher_coef)) or (
-        value_fisher_coef < 0
-    ):
-        raise UsageError(
-            f"value_fisher_coef={value_fisher_coef!r} is not accepted: use a finite number >= 0"
-        )
+    _check_value_fisher_coef(value_fisher_coef)
     policy = _blip_policy(model, "freeze_policy()")
     states = rollout_states(model, n_states, seed=seed)
     gen = torch.Generator(device=states.device)
@@ -666,12 +670,8 @@ class BlipFreezeCallback(BaseCallback):
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
-        if n_states is not None and (not isinstance(n_states, int) or n_states < 1):
-            raise UsageError(f"n_states={n_states!r} is not accepted: use None or an integer >= 1")
-        if not math.isfinite(value_fisher_coef) or value_fisher_coef < 0:
-            raise UsageError(
-                f"value_fisher_coef={value_fisher_coef!r} is not accepted: use a finite number >= 0"
-            )
+        _check_n_states(n_states)
+        _check_value_fisher_coef(value_fisher_coef)
         self.freeze_on_end = freeze_on_end
         self.n_states = n_states
         self.value_fisher_coef = value_fisher_coef
