@@ -37,16 +37,13 @@ figures from :mod:`blip_rl.plots`.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from blip_rl.errors import UsageError, cli
-from blip_rl.files import atomic_write
+from blip_rl.files import atomic_write, write_json
 from blip_rl.plots import plot_comparison, plot_curves, plot_matrix
 from blip_rl.report_tables import (
     RunData,
@@ -71,16 +68,6 @@ __all__ = [
 ]
 
 
-def _nan_to_none(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    return x
-
-
 def build_report(run: RunData, out: Path) -> list[Path]:
     """Write the one-run report into ``out``; returns the written files."""
     m = run_metrics(run)
@@ -100,7 +87,7 @@ def build_report(run: RunData, out: Path) -> list[Path]:
         "matrix_normalized": run.matrix_normalized,
         "metrics": m,
     }
-    atomic_write(files[3], (json.dumps(_nan_to_none(data), indent=2) + "\n").encode())
+    write_json(files[3], data)
     return files
 
 
@@ -124,7 +111,7 @@ def compare_runs(runs: Sequence[RunData], out: Path) -> list[Path]:
     files = [out / "comparison.md", out / "curves.png", out / "report.json"]
     atomic_write(files[0], text.encode())
     plot_comparison(groups, games, files[1])
-    atomic_write(files[2], (json.dumps(_nan_to_none(summary), indent=2) + "\n").encode())
+    write_json(files[2], summary)
     return files
 
 
