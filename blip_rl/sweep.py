@@ -350,7 +350,7 @@ class _Display:
                     total=total,
                     initial=settled,
                     file=sys.stderr,
-                    bar_format="grid {percentage:3.0f}%|{bar}| {desc}",
+                    bar_format="grid {percentage:3.0f}%|{bar:20}| {desc}",
                     dynamic_ncols=True,
                 )
             )
