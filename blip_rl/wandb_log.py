@@ -82,9 +82,6 @@ class WandbTracker:
         self.run_dir = Path(run_dir)
         id_file = self.run_dir / ID_FILE
         run_id = json.loads(id_file.read_text())["id"] if id_file.is_file() else None
-        if run_id is None:
-            run_id = wandb.util.generate_id()
-            write_json(id_file, {"id": run_id, "project": project, "entity": entity})
         wandb.tensorboard.patch(root_logdir=str(self.run_dir), save=False)
         try:
             self.run = wandb.init(
@@ -101,6 +98,8 @@ class WandbTracker:
             wandb.tensorboard.unpatch()
             first = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise UsageError(f"--track: W&B could not start the run: {first}") from None
+        if run_id is None:  # a new W&B run: --resume continues it
+            write_json(id_file, {"id": self.run.id, "project": project, "entity": entity})
 
     def summary(self, scalars: Mapping[str, float], games: Sequence[str], matrix: Any) -> None:
         """The run's final summary scalars and its forgetting matrix (a W&B table: one row per
