@@ -21,6 +21,11 @@ score the game had since it was learned minus its raw score now,
 learned before the current one), ``train/<game>/episode_return``, ``loss/<name>``,
 ``blip/<layer>/frozen_bits``, ``blip/<layer>/frac_frozen``, ``perf/steps_per_s``. A checkpoint
 ``after_<k>_<game>.zip`` is written after each game (``PPO.load`` restores the frozen bits).
+
+``--capture-video``: after each game, one episode of every game is recorded from the emulator's
+RGB screen by the same helper as ``python -m blip_rl.train --capture-video``
+(:mod:`blip_rl.video`, with ``model.predict`` as the policy): ``videos/after-<k>-<game>.mp4``,
+``videos/contact-sheet.png`` and TensorBoard ``video/<game>/after_<k>``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from blip_rl import metrics
-from blip_rl.atari import GameSpec, human_normalized, resolve_game
+from blip_rl.atari import AtariConfig, GameSpec, human_normalized, resolve_game
 from blip_rl.errors import UsageError, cli
 from blip_rl.files import atomic_write
 from blip_rl.sb3 import (
@@ -44,6 +49,8 @@ from blip_rl.sb3 import (
     TagSchemeLogger,
     make_sb3_atari_env,
 )
+from blip_rl.tblog import TBLogger
+from blip_rl.video import VideoCapture
 
 
 def positive(text: str) -> int:
@@ -71,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-max-frames", type=positive, default=108_000)
     p.add_argument("--logdir", default="runs/sb3_continual")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--capture-video",
+        action="store_true",
+        help="after each game, record one episode of every game (videos/ in the logdir)",
+    )
+    p.add_argument("--video-max-frames", type=positive, default=1000, help="frames per video")
     return p.parse_args(argv)
 
 
@@ -133,6 +146,19 @@ def main(argv: list[str] | None = None) -> int:
         verbose=1,
     )
     model.set_logger(logger)  # one TensorBoard run for the whole sequence
+    capture = None
+    if args.capture_video:  # the SB3 env's protocol, on an env whose screen can be read
+        protocol = AtariConfig(
+            sticky_actions=args.sticky_actions,
+            full_action_space=True,
+            max_episode_frames=args.eval_max_frames,
+        )
+        capture = VideoCapture(run, protocol, args.video_max_frames, args.seed)
+        videos_log = TBLogger(str(run))  # a second event file in the same TensorBoard run
+        distinct = list({g.name: g for g in games}.values())
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            return model.predict(obs, deterministic=False)[0]
 
     matrix: list[list[float]] = []  # R[k][j]: raw score on game j after learning game k
     for k, game in enumerate(games):
@@ -160,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         for j, forgot in metrics.forgetting_after(matrix, k).items():
             logger.record(f"forgetting/{games[j].name}", forgot)
         logger.dump(model.num_timesteps)
+        if capture is not None:
+            capture.after_game(
+                k, game.name, model.num_timesteps, [(g, act) for g in distinct], videos_log
+            )
+            videos_log.flush()
         save_atomically(model, run / f"after_{k + 1}_{game.name}.zip")
+    if capture is not None:
+        videos_log.close()
     print(f"done: TensorBoard logs and checkpoints in {run}")
     return 0
 

@@ -178,3 +178,25 @@ def test_track_offline_writes_a_local_wandb_run(tmp_path: Path) -> None:
     assert any(k.startswith("matrix/eval_return") for k in history), sorted(history)
     # No copy of the TensorBoard files in the run folder (TensorBoard would show the run twice).
     assert len(list(run.rglob("events.out.tfevents.*"))) == 1
+
+
+def test_sb3_example_records_the_same_videos(tmp_path: Path) -> None:
+    """``examples/sb3_continual.py --capture-video``: the same helper, with ``model.predict``."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "examples" / "sb3_continual.py"
+    spec = importlib.util.spec_from_file_location("sb3_continual", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = ["--games", "breakout", "--steps-per-game", "64", "--n-envs", "2", "--n-steps", "32"]
+    argv += ["--batch-size", "32", "--n-epochs", "1", "--eval-episodes", "1"]
+    argv += ["--eval-max-frames", "160", "--capture-video", "--video-max-frames", "12"]
+    assert example.main([*argv, "--logdir", str(tmp_path)]) == 0
+    (entry,) = load_index(tmp_path)
+    assert (entry.game, entry.frames, entry.global_step) == ("breakout", 12, 64)
+    frames = iio.imread(tmp_path / entry.file, plugin="FFMPEG", index=None)
+    assert frames.shape == (12, 210, 160, 3)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("video/breakout/after_1")] == [64]
