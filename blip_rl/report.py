@@ -7,7 +7,9 @@ never trains.
   matrix ``R[i][j]``, return on game ``j`` after training game ``i``, as a heatmap; raw and
   human-normalized side by side when the games have reference scores), ``curves.png`` (every
   game's evaluation return over the whole run, the training period of each game shaded),
-  ``summary.md`` (the matrix and the metrics table) and ``report.json`` (the same numbers).
+  ``summary.md`` (the matrix and the metrics table) and ``report.json`` (the same numbers);
+  for a run trained with ``--capture-video``, ``contact-sheet.png`` (one frame of every video,
+  :mod:`blip_rl.video`) and a Videos section in ``summary.md`` linking every video.
   An unfinished run is reported up to its last finished game.
 * **Several runs** (e.g. blip, ewc and finetune over the same games with several seeds): the
   runs are grouped by agent (runs of one agent whose settings differ besides the seed form
@@ -54,6 +56,7 @@ from blip_rl.report_tables import (
     run_metrics,
     summary_markdown,
 )
+from blip_rl.video import videos_markdown, write_contact_sheet
 
 __all__ = [
     "RunData",
@@ -74,7 +77,12 @@ def build_report(run: RunData, out: Path) -> list[Path]:
     files = [out / "matrix.png", out / "curves.png", out / "summary.md", out / "report.json"]
     plot_matrix(run, files[0])
     plot_curves(run, files[1])
-    atomic_write(files[2], summary_markdown(run, m).encode())
+    text = summary_markdown(run, m)
+    sheet = write_contact_sheet(run.path, out / "contact-sheet.png")  # runs with --capture-video
+    if sheet is not None:
+        files.append(sheet)
+        text += videos_markdown(run.path, out, sheet)
+    atomic_write(files[2], text.encode())
     data = {
         "run": str(run.path),
         "agent": run.agent,

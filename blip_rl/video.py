@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ __all__ = [
     "record_episode",
     "sheet_size",
     "video_fps",
+    "videos_markdown",
+    "write_contact_sheet",
 ]
 
 PolicyFn = Callable[[np.ndarray], Any]
@@ -353,3 +356,32 @@ def write_contact_sheet(run_dir: Path, out: Path | None = None) -> Path | None:
     path = out or Path(run_dir) / VIDEO_DIR / CONTACT_SHEET
     atomic_write(path, sheet_from_entries(run_dir, entries))
     return path
+
+
+def videos_markdown(run_dir: Path, out_dir: Path, sheet: Path | None = None) -> str:
+    """A ``## Videos`` section for a report written in ``out_dir``: the contact sheet
+    ``sheet`` (if given) and a table linking every video (rows: after game k, columns: games,
+    each cell the episode's score); empty when the run has no videos."""
+    entries = load_index(run_dir)
+    if not entries:
+        return ""
+    rows = sorted({(e.after_game, e.trained) for e in entries})
+    cols = list(dict.fromkeys(e.game for e in entries))
+    link = {(e.after_game, e.game): e for e in entries}
+    lines = ["", "## Videos", ""]
+    if sheet is not None:
+        rel = os.path.relpath(sheet, out_dir)
+        lines += [f"![one frame of every video, with its score]({rel})", ""]
+    lines += ["| after game | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for k, trained in rows:
+        cells = []
+        for game in cols:
+            e = link.get((k, game))
+            if e is None:
+                cells.append("")
+                continue
+            rel = os.path.relpath(Path(run_dir) / e.file, out_dir)
+            cut = "" if e.finished else f", cut at {e.frames} frames"
+            cells.append(f"[score {e.score:g}{cut}]({rel})")
+        lines.append(f"| {k}: {trained} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -100,6 +101,20 @@ def test_contact_sheet_grid(run: Path) -> None:
         x, y = cell_origin(e.after_game - 1, GAMES.index(e.game))
         cell = sheet[y : y + 210, x : x + 160]
         assert np.array_equal(cell, np.asarray(Image.open(run / e.poster))), e.file
+
+
+def test_report_embeds_the_contact_sheet_and_links_every_video(run: Path) -> None:
+    from blip_rl.report import main as report
+
+    assert report([str(run)]) == 0
+    out = run / "report"
+    sheet = Image.open(out / "contact-sheet.png")
+    assert sheet.size == sheet_size(2, len(GAMES))
+    text = (out / "summary.md").read_text()
+    assert "](contact-sheet.png)" in text
+    links = re.findall(r"\]\((\.\./videos/[^)]+\.mp4)\)", text)
+    assert sorted(links) == sorted(f"../{e.file}" for e in load_index(run))
+    assert all((out / link).is_file() for link in links)
 
 
 def test_videos_do_not_change_the_training(tmp_path: Path, capsys) -> None:
