@@ -107,7 +107,8 @@ class RunConfig:
     (videos/after-<k>-<game>.mp4, TensorBoard video/<game>/after_<k>, a contact sheet). See
     :mod:`blip_rl.video`."""
     video_max_frames: int = 1000
-    """Frames (agent steps, 15 per second) per recorded video at most; longer episodes are cut."""
+    """Frames (agent steps, 15 per second) per recorded video at most, up to 10000; longer
+    episodes are cut."""
     track: bool = False
     """Mirror the run (scalars, matrix, hparams, videos) to Weights & Biases; needs the extra
     blip-rl[wandb] (WANDB_MODE=offline works without a network). See :mod:`blip_rl.wandb_log`."""
@@ -153,7 +154,7 @@ class RunConfig:
         check_int(self, "checkpoint_every", 0)
         check_bool(self, "shared_head")
         check_bool(self, "capture_video")
-        check_int(self, "video_max_frames", 1, 108_000)
+        check_int(self, "video_max_frames", 1, 10_000)  # frames are kept in memory: 100 KB each
         check_bool(self, "track")
         _check_wandb_name(self.wandb_project, "--wandb-project")
         if self.wandb_entity is not None:

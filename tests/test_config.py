@@ -70,6 +70,7 @@ BAD = [
     (["--agent", "packnet", "--packnet-retrain-frac", "-1"], "--packnet-retrain-frac -1"),
     (["--agent", "packnet", "--packnet-retrain-lr", "0"], "--packnet-retrain-lr 0"),
     (["--video-max-frames", "0"], "--video-max-frames 0"),
+    (["--video-max-frames", "10001"], "--video-max-frames 10001"),
     (["--wandb-project", "a/b"], "--wandb-project 'a/b'"),
     # Types and names.
     (["--seed", "one"], "--seed 'one'"),
