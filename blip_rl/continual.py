@@ -444,16 +444,38 @@ class ContinualRun:
         out: dict[str, Any] = {"games": names, "matrix": m}
         if m:
             mm = metrics.matrix_metrics(m)
-            norm = metrics.normalize(m, [atari.reference_scores(g) for g in self.games])
+            refs = [atari.reference_scores(g) for g in self.games]
+            norm = metrics.normalize(m, refs)
+            stderr = self._matrix_stderr()
+            kept = metrics.retention(
+                m, [r[0] if r else None for r in refs], [stderr[j][j] for j in range(len(m))]
+            )
             out.update(
+                matrix_stderr=stderr,
                 average_final_return=mm["average_final"],
                 forgetting={names[j]: mm["forgetting"][j] for j in range(len(m) - 1)},
                 average_forgetting=mm["average_forgetting"],
                 backward_transfer=mm["backward_transfer"],
+                retention={names[j]: v for j, v in kept.items()},
                 matrix_normalized=norm,
                 average_final_normalized=_nanmean(norm[-1]),
             )
         return out
+
+    def _matrix_stderr(self) -> list[list[float]]:
+        """Standard error of each matrix entry over its evaluation episodes."""
+        names = [g.name for g in self.games]
+        rows: list[list[float]] = []
+        for i in range(len(self.history.matrix)):
+            by_game = {
+                e["game"]: e["returns"] for e in self.history.evals if e["after_game"] == i
+            }
+            row = []
+            for name in names:
+                x = np.asarray(by_game.get(name, []), dtype=float)
+                row.append(float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else math.nan)
+            rows.append(row)
+        return rows
 
     # ------------------------------------------------------------------------------ the loop
     def _fisher_states_fn(

@@ -17,7 +17,7 @@ try:  # POSIX; on other systems the lock is a no-op
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunLock", "atomic_write", "json_safe", "write_json"]
+__all__ = ["RunLock", "atomic_write", "json_safe", "read_json", "write_json"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -53,6 +53,18 @@ def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as strict JSON (NaN and infinities as ``null``), atomically."""
     text = json.dumps(json_safe(obj), indent=2, allow_nan=False)
     atomic_write(path, (text + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file a run wrote; UsageError (one line) when it is missing or unreadable."""
+    from blip_rl.errors import UsageError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable JSON ({type(exc).__name__})") from None
 
 
 class RunLock:

@@ -19,6 +19,11 @@ sequence order; ``n`` games). NaN marks a missing entry.
   AUC(its curve in a single-game run)``, both on the game's own training steps scaled to
   ``(0, 1]``; :func:`training_curve` extracts those curves from the evaluation rows.
 
+* retention of game ``j`` (this project's headline measure, ``docs/forgetting.md``): the
+  learned gain ``G_j = R[j][j] - random_j`` and the fraction of it kept at the end,
+  ``1 - (max_{j <= l < n-1} R[l][j] - R[n-1][j]) / G_j``; undefined (None) for a game whose
+  gain is not above noise (:func:`retention`).
+
 Every function works the same on raw returns and on human-normalized ones
 (:func:`normalize`: ``(R - random) / (human - random)``, NaN for a game without reference
 scores); :func:`matrix_metrics` computes the matrix metrics in one call.
@@ -44,6 +49,7 @@ __all__ = [
     "forward_transfer_auc",
     "matrix_metrics",
     "normalize",
+    "retention",
     "training_curve",
 ]
 
@@ -71,6 +77,31 @@ def forgetting_after(matrix: Matrix, i: int) -> dict[int, float]:
     for j in range(i):
         best = np.nanmax(m[j:i, j]) if not np.all(np.isnan(m[j:i, j])) else math.nan
         out[j] = float(best - m[i, j])
+    return out
+
+
+def retention(
+    matrix: Matrix,
+    random_scores: Sequence[float | None],
+    stderr: Sequence[float] | None = None,
+    z: float = 2.0,
+) -> dict[int, float | None]:
+    """Retention of each game ``j`` followed by another game, after the last row: the fraction
+    of its learned gain ``G_j = R[j][j] - random_j`` still there, ``1 - (best - final) / G_j``
+    with ``best = max_{j <= l < last} R[l][j]``. None when the game was not learned: no random
+    score, or ``G_j <= z * stderr[j]`` (the standard error of ``R[j][j]``; 0 if not given)."""
+    m = _arr(matrix)
+    last = m.shape[0] - 1
+    out: dict[int, float | None] = {}
+    for j in range(last):
+        r = random_scores[j]
+        gain = m[j, j] - r if r is not None else math.nan
+        noise = z * (stderr[j] if stderr is not None else 0.0)
+        if not (gain > 0 and gain > noise):
+            out[j] = None
+            continue
+        best = float(np.nanmax(m[j:last, j]))
+        out[j] = float(1.0 - (best - m[last, j]) / gain)
     return out
 
 

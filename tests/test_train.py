@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error_line
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny import TINY
 
@@ -81,6 +82,7 @@ def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
     argv = [*TINY, "--games", "breakout", "--agent", "finetune", "--steps-per-game", "64"]
     argv += ["--shared-head", "--eval-every", "0"]
     assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "f"]) == 0
+
     def strict(name: str) -> None:
         raise AssertionError(f"{name} in a JSON file")
 
@@ -181,13 +183,6 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path: Path, capsys) 
     assert json.loads((run / "summary.json").read_text())["global_steps"] == 64
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert "Traceback" not in err[0]
-    return err[0]
-
-
 @pytest.mark.parametrize(
     "argv,needle",
     [
@@ -203,16 +198,16 @@ def _one_error_line(capsys) -> str:
 )
 def test_bad_input_is_one_line_exit_2(argv, needle, capsys, tmp_path) -> None:
     assert main([*argv, "--runs-dir", str(tmp_path)]) == 2
-    assert needle in _one_error_line(capsys)
+    assert needle in one_error_line(capsys)
     assert not any(tmp_path.iterdir())  # no run folder was created
 
 
 def test_bad_resume_folders(tmp_path: Path, capsys) -> None:
     assert main(["--resume", str(tmp_path / "missing")]) == 2
-    assert "no such run folder" in _one_error_line(capsys)
+    assert "no such run folder" in one_error_line(capsys)
     (tmp_path / "notrun").mkdir()
     assert main(["--resume", str(tmp_path / "notrun")]) == 2
-    assert "not a blip-rl run" in _one_error_line(capsys)
+    assert "not a blip-rl run" in one_error_line(capsys)
     # A run whose checkpoint is corrupt: clear error, and nothing in it is touched.
     run = tmp_path / "corrupt"
     (run / "checkpoints").mkdir(parents=True)
@@ -223,12 +218,12 @@ def test_bad_resume_folders(tmp_path: Path, capsys) -> None:
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     mtimes = {p: os.stat(p).st_mtime_ns for p in before}
     assert main(["--resume", str(run)]) == 2
-    assert "corrupt checkpoint" in _one_error_line(capsys)
+    assert "corrupt checkpoint" in one_error_line(capsys)
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before and all(os.stat(p).st_mtime_ns == t for p, t in mtimes.items())
     # Changing the config of a resumed run is refused.
     assert main(["--resume", str(run), "--games", "pong"]) == 2
-    assert "--games" in _one_error_line(capsys)
+    assert "--games" in one_error_line(capsys)
 
 
 def test_existing_run_name_is_never_overwritten(tmp_path: Path, capsys) -> None:
@@ -236,6 +231,6 @@ def test_existing_run_name_is_never_overwritten(tmp_path: Path, capsys) -> None:
     run.mkdir()
     (run / "config.json").write_text("{}")
     assert main([*TINY, "--runs-dir", str(tmp_path), "--run-name", "taken"]) == 2
-    assert "already exists" in _one_error_line(capsys)
+    assert "already exists" in one_error_line(capsys)
     assert (run / "config.json").read_text() == "{}"
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
