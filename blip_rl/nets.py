@@ -32,7 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from blip_rl.quant import BlipConv2d, BlipLayer, BlipLinear
+from blip_rl.nature_cnn import conv_output_size, nature_convs
+from blip_rl.quant import BlipLayer, BlipLinear
 from blip_rl.validate import check_bool, check_int, check_number
 
 __all__ = ["NetConfig", "ActorCritic", "PAPER_NET"]
@@ -75,14 +76,6 @@ class NetConfig:
 
 PAPER_NET = NetConfig(channels=(32, 64, 128), hidden=1024)
 """The network of the BLIP paper's Atari experiments."""
-
-_KERNELS = ((8, 4), (4, 2), (3, 1))  # (kernel size, stride) of conv1..conv3
-
-
-def _conv_out(size: int) -> int:
-    for k, s in _KERNELS:
-        size = (size - k) // s + 1
-    return size
 
 
 def _weight_bound(layer: nn.Module) -> float:
@@ -153,30 +146,23 @@ class ActorCritic(nn.Module):
         # (the layers' own constructors consume the global RNG differently).
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
 
-        def conv(cin: int, cout: int, k: int, s: int) -> nn.Conv2d:
-            if config.blip:
-                return BlipConv2d(cin, cout, k, s, max_bits=config.max_bits, f_prior=config.f_prior)
-            return nn.Conv2d(cin, cout, k, s)
-
         def linear(fin: int, fout: int) -> nn.Linear:
             if config.blip:
                 return BlipLinear(fin, fout, max_bits=config.max_bits, f_prior=config.f_prior)
             return nn.Linear(fin, fout)
 
-        c1, c2, c3 = config.channels
-        (k1, s1), (k2, s2), (k3, s3) = _KERNELS
-        flat = c3 * _conv_out(84) ** 2
+        convs = nature_convs(
+            4, config.channels, blip=config.blip, max_bits=config.max_bits, f_prior=config.f_prior
+        )
+        flat = config.channels[2] * conv_output_size(84) ** 2
         self.trunk = nn.Sequential(
             OrderedDict(
-                conv1=conv(4, c1, k1, s1),
-                relu1=nn.ReLU(),
-                conv2=conv(c1, c2, k2, s2),
-                relu2=nn.ReLU(),
-                conv3=conv(c2, c3, k3, s3),
-                relu3=nn.ReLU(),
-                flatten=nn.Flatten(),
-                fc=linear(flat, config.hidden),
-                relu4=nn.ReLU(),
+                [
+                    *convs,
+                    ("flatten", nn.Flatten()),
+                    ("fc", linear(flat, config.hidden)),
+                    ("relu4", nn.ReLU()),
+                ]
             )
         )
         self.heads = nn.ModuleDict(

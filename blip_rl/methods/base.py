@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from blip_rl.fisher import estimate_fisher
+from blip_rl.policy_fisher import sampled_action_fisher
 from blip_rl.validate import check_int, check_number
 
 if TYPE_CHECKING:
@@ -151,41 +151,29 @@ def rollout_fisher(
     mean over states of ``(d log pi(a|s))**2 + value_coef * (d V(s))**2`` (per-sample squared
     gradients, term by term). Computed in float32, one forward per chunk.
     """
-    net_was_training = net.training
     device = next(net.parameters()).device
-    states = states.to(device)
     # Actions are drawn on the generator's device (the CPU for a CPU generator): the same seed
     # draws the same actions whether the net runs on a CPU or a GPU.
     draw_on = generator.device if generator is not None else device
-    net.eval()
-    try:
-        with torch.no_grad():
-            actions = torch.cat(
-                [
-                    torch.multinomial(
-                        torch.softmax(net(chunk, head)[0].float(), -1).to(draw_on),
-                        1,
-                        generator=generator,
-                    ).squeeze(1)
-                    for chunk in states.split(chunk_size)
-                ]
-            ).to(device)
 
-        def loglik(m: torch.nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-            logits, value = m(obs, head)
-            logp = torch.log_softmax(logits.float(), -1).gather(1, act[:, None]).squeeze(1)
-            return torch.stack([logp, value.float()], 1)
+    def sample(chunk: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(net(chunk, head)[0].float(), -1).to(draw_on)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
 
-        return estimate_fisher(
-            net,
-            loglik,
-            (states, actions),
-            chunk_size=chunk_size,
-            term_weights=[1.0, value_coef],
-            params=params,
-        )
-    finally:
-        net.train(net_was_training)
+    def loglik(m: torch.nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        logits, value = m(obs, head)
+        logp = torch.log_softmax(logits.float(), -1).gather(1, act[:, None]).squeeze(1)
+        return torch.stack([logp, value.float()], 1)
+
+    return sampled_action_fisher(
+        net,
+        states.to(device),
+        sample,
+        loglik,
+        value_coef=value_coef,
+        chunk_size=chunk_size,
+        params=params,
+    )
 
 
 def game_fisher(
