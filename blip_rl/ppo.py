@@ -26,6 +26,9 @@ Design choices (documented here because they matter for the results):
   handled: in ``NextStep`` mode the reset-only steps are marked invalid and left out of the
   update; GAE never bootstraps across a ``done``. Time-limit truncations are treated as
   terminations (as CleanRL does).
+* **Steps the env played itself.** A step whose info flags ``forced_action`` (the Atari envs
+  press FIRE after a lost life) is marked invalid: the sampled action was not played, so it is
+  left out of the update (values and GAE still run through it).
 * **Precision.** ``precision="bf16"`` runs the network's forward and backward under a bfloat16
   CPU autocast (weights, optimizer and BLIP state stay float32); log-probs, values and losses
   are computed in float32. On a CPU without native bf16 (no AVX512-BF16 / AMX) bf16 would be
@@ -465,6 +468,7 @@ class PPO:
         s, cfg, net = self.storage, self.config, self.net
         episodes: list[Episode] = []
         next_obs, next_done = self._next_obs, self._next_done
+        s.valid.fill_(True)
         with self._autocast():
             for t in range(cfg.num_steps):
                 s.obs[t].copy_(next_obs, non_blocking=True)
@@ -483,11 +487,14 @@ class PPO:
                 next_done = next_done.to(self.device)
                 next_obs = self._host_obs(obs)
                 episodes.extend(finished_episodes(info))
+                forced = info.get("forced_action")
+                if forced is not None and forced.any():  # the env played its own action
+                    s.valid[t] &= ~torch.as_tensor(forced, device=self.device)
             next_value = net.get_value(self._prep(next_obs), self.head)
         self._next_obs, self._next_done = next_obs, next_done
         if self.next_step_reset:
             # obs[t] with a done flag is a terminal observation; its step only resets the env.
-            torch.eq(s.dones, 0, out=s.valid)
+            s.valid &= s.dones == 0
         adv, ret = compute_gae(
             s.rewards, s.values, s.dones, next_value, next_done, cfg.gamma, cfg.gae_lambda
         )

@@ -535,3 +535,25 @@ def test_gymnasium_async_matches_sync() -> None:
             env.close()
 
     assert np.array_equal(rollout("sync"), rollout("async"))
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_fire_after_a_lost_life(on: bool) -> None:
+    """Breakout with a policy that never presses FIRE: with fire_on_life_loss the env serves
+    after each lost life (and says so in info), so the game ends by itself; without it the ball
+    is never served again after the first life."""
+    cfg = AtariConfig(sticky_actions=0.0, fire_on_life_loss=on, max_episode_frames=20_000)
+    env = make_eval_envs("breakout", 1, seed=0, config=cfg)
+    try:
+        env.reset(seed=0)
+        forced, ended = 0, False
+        for _ in range(600):
+            _, _, term, trunc, info = env.step(np.zeros(1, dtype=np.int64))  # NOOP
+            forced += int(info["forced_action"].sum())
+            if bool((term | trunc).any()):
+                ended = True
+                break
+    finally:
+        env.close()
+    assert ended == on
+    assert forced == (4 if on else 0)  # five lives: four serves after a lost life

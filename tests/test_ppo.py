@@ -325,3 +325,26 @@ def test_learns_a_bandit() -> None:
     last = float((ppo.storage.actions == 2).float().mean())
     assert first is not None and first < 0.45
     assert last > 0.7
+
+
+class ForcingEnv(FakeEnv):
+    """FakeEnv that reports every third step of env 0 as played by the env itself."""
+
+    def step(self, actions: np.ndarray) -> Any:
+        obs, reward, done, trunc, info = super().step(actions)
+        info["forced_action"] = np.zeros(self.num_envs, dtype=bool)
+        info["forced_action"][0] = self.t[0] % 3 == 0
+        return obs, reward, done, trunc, info
+
+
+def test_steps_the_env_played_itself_are_left_out_of_the_update() -> None:
+    env = ForcingEnv(TINY.num_envs)
+    ppo = _ppo(env=env)
+    ppo.reset_envs(seed=0)
+    ppo.collect()
+    valid = ppo.storage.valid
+    # Step t of env 0 is the (t+1)-th env step: forced when (t + 1) % 3 == 0.
+    expected = torch.tensor([(t + 1) % 3 != 0 for t in range(TINY.num_steps)])
+    assert torch.equal(valid[:, 0].cpu(), expected)
+    assert bool(valid[:, 1].all())
+    ppo.update()  # runs on the valid steps only

@@ -55,6 +55,13 @@ class AtariConfig:
     """Press FIRE once after each reset in games whose action set contains FIRE (some games
     do not start without it)."""
 
+    fire_on_life_loss: bool = True
+    """After a lost life, the next action is FIRE (in games whose action set has FIRE), as
+    stable-baselines3's ``FireResetEnv`` serves after each life in its Atari wrapper; the step
+    is reported as ``info["forced_action"]`` and PPO leaves it out of its update. Without it, a
+    policy must learn to serve before it can learn anything else, and a policy that stopped
+    pressing FIRE can stall a whole evaluation episode."""
+
     episodic_life: bool = True
     """Training envs only: a life loss sets ``terminated`` (the game goes on). Evaluation
     envs always play whole games."""
@@ -76,7 +83,13 @@ class AtariConfig:
 
     def __post_init__(self) -> None:
         check_number(self, "sticky_actions", 0.0, 1.0)
-        for name in ("full_action_space", "fire_reset", "episodic_life", "clip_rewards"):
+        for name in (
+            "full_action_space",
+            "fire_reset",
+            "fire_on_life_loss",
+            "episodic_life",
+            "clip_rewards",
+        ):
             check_bool(self, name)
         for name, low in (("max_episode_frames", 1), ("frame_skip", 1), ("noop_max", 0)):
             check_int(self, name, low)

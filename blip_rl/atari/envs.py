@@ -45,7 +45,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from blip_rl.atari.config import AtariConfig
-from blip_rl.atari.names import FULL_ACTION_COUNT, GameSpec, resolve_game
+from blip_rl.atari.names import FULL_ACTION_COUNT, GameSpec, fire_action, resolve_game
 from blip_rl.errors import UsageError
 
 __all__ = ["OBS_SHAPE", "SCREEN", "STACK", "AtariVecEnv", "make_eval_envs", "make_train_envs"]
@@ -161,6 +161,8 @@ class AtariVecEnv(VectorEnv):
       of each episode that ended in this step (zero where the mask is false);
     * ``episode_length`` (int64): agent steps of those episodes (zero elsewhere);
     * ``life_lost`` (bool): a life was lost in this step and the game goes on;
+    * ``forced_action`` (bool): this step played FIRE instead of the given action (the step after
+      a lost life, with ``config.fire_on_life_loss``);
     * ``lives`` (int64): lives left (after an automatic reset: of the new game);
     * ``final_obs`` (uint8 ``(n, 4, 84, 84)``) and its mask ``_final_obs``, only in steps where
       an episode ended: the last observation of each ended episode (``obs`` already holds the
@@ -214,6 +216,12 @@ class AtariVecEnv(VectorEnv):
         self._lengths = np.zeros(num_envs, dtype=np.int64)
         self._lives = np.zeros(num_envs, dtype=np.int64)
         self._was_reset = False
+        self._fire = (
+            fire_action(self.game.rom, config.full_action_space)
+            if config.fire_on_life_loss
+            else None
+        )
+        self._fire_next = np.zeros(num_envs, dtype=bool)
 
     def reset(
         self,
@@ -241,6 +249,7 @@ class AtariVecEnv(VectorEnv):
             mask = np.asarray(options["reset_mask"], dtype=bool)
         self._returns[mask] = 0.0
         self._lengths[mask] = 0
+        self._fire_next[mask] = False
         self._lives = self._lives_from(info, self._lives)
         self._was_reset = True
         return obs, self._extend_info(info, np.zeros(self.num_envs, dtype=bool))
@@ -252,6 +261,9 @@ class AtariVecEnv(VectorEnv):
         acts = np.asarray(actions)
         if acts.dtype != np.int64 and acts.dtype != np.int32:
             acts = acts.astype(np.int64)
+        forced = self._fire_next
+        if self._fire is not None and forced.any():
+            acts = np.where(forced, self._fire, acts)
         obs, rewards, terminated, truncated, info = self.env.step(acts)
         raw = np.asarray(rewards, dtype=np.float64)
         terminated = np.asarray(terminated, dtype=bool)
@@ -263,7 +275,9 @@ class AtariVecEnv(VectorEnv):
         lives = self._lives_from(info, self._lives)
         life_lost = (lives < self._lives) & ~done
         self._lives = lives
+        self._fire_next = life_lost.copy() if self._fire is not None else self._fire_next
         out = self._extend_info(info, life_lost)
+        out["forced_action"] = forced
         if "final_obs" in info:
             out["final_obs"] = self._final_obs(info, obs, done)
             out["_final_obs"] = done
@@ -302,6 +316,7 @@ class AtariVecEnv(VectorEnv):
         out = dict(info)
         out["lives"] = self._lives.copy()
         out["life_lost"] = life_lost
+        out["forced_action"] = np.zeros(self.num_envs, dtype=bool)
         out.setdefault("episode_return", np.zeros(self.num_envs, dtype=np.float64))
         out.setdefault("_episode_return", np.zeros(self.num_envs, dtype=bool))
         out.setdefault("episode_length", np.zeros(self.num_envs, dtype=np.int64))

@@ -28,6 +28,7 @@ __all__ = [
     "FULL_ACTION_COUNT",
     "MULTIPLAYER_ONLY",
     "GameSpec",
+    "fire_action",
     "list_games",
     "resolve_game",
 ]
@@ -143,6 +144,18 @@ def _count_minimal_actions(rom: str) -> int:
     ale = ale_py.ALEInterface()
     ale.loadROM(str(_rom_path(rom)))
     return len(ale.getMinimalActionSet())
+
+
+@functools.cache
+def fire_action(rom: str, full_action_space: bool) -> int | None:
+    """Index of FIRE in the game's action set (minimal or full), or None if it has no FIRE."""
+    if full_action_space:
+        return int(ale_py.Action.FIRE.value)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+    ale = ale_py.ALEInterface()
+    ale.loadROM(str(_rom_path(rom)))
+    actions = list(ale.getMinimalActionSet())
+    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions else None
 
 
 _action_counts: dict[str, int] = {}
