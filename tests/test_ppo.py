@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import frozen_prefixes
 from gymnasium.spaces import Box, Discrete
 
 import blip_rl
 from blip_rl.atari import make_train_envs
 from blip_rl.nets import ActorCritic, NetConfig
 from blip_rl.ppo import PPO, Episode, PPOConfig, compute_gae, finished_episodes
-from blip_rl.quant import blip_layers, code_of
 
 TINY = PPOConfig(num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2)
 
@@ -248,17 +248,6 @@ def test_one_iteration_on_a_real_rom() -> None:
         envs.close()
 
 
-def _prefixes(net: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    out = {}
-    for name, layer in blip_layers(net):
-        for p in layer.quantized_names:
-            bits = getattr(layer, f"{p}_bits").to(torch.int64).contiguous()
-            code = code_of(getattr(layer, p), layer.bound(p), layer.max_bits).contiguous()
-            prefix = torch.where(bits > 0, code >> (layer.max_bits - bits), -1)
-            out[f"{name}.{p}"] = (bits, prefix)
-    return out
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_blip_constraint_on_the_ppo_optimizer_keeps_frozen_prefixes(precision: str) -> None:
     envs = make_train_envs("breakout", 2, seed=1)
@@ -272,7 +261,7 @@ def test_blip_constraint_on_the_ppo_optimizer_keeps_frozen_prefixes(precision: s
             for n, p in blip_rl.blip_parameters(net)
         }
         blip_rl.freeze(net, fisher)
-        before = _prefixes(net)
+        before = frozen_prefixes(net)
         frozen = sum(int((b > 0).sum()) for b, _ in before.values())
         assert 0 < frozen < sum(b.numel() for b, _ in before.values())
         weights = {n: p.detach().clone() for n, p in net.named_parameters()}
@@ -291,7 +280,7 @@ def test_blip_constraint_on_the_ppo_optimizer_keeps_frozen_prefixes(precision: s
         for _ in range(2):
             ppo.collect()
             ppo.update()
-        after = _prefixes(net)
+        after = frozen_prefixes(net)
         for name, (bits, prefix) in before.items():
             assert torch.equal(after[name][0], bits), name
             assert torch.equal(after[name][1], prefix), name

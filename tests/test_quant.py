@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import math
 
+import conftest
 import numpy as np
 import pytest
 import torch
+from conftest import assert_in_bounds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -18,22 +20,8 @@ from blip_rl.quant import REFERENCE_FISHER_SCALE, blip_layers
 
 
 def frozen_prefixes(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Top-b bits of every scalar's code, recomputed from the public names only."""
-    out = {}
-    for name, layer in blip_layers(model):
-        for p in layer.quantized_names:
-            bits = getattr(layer, f"{p}_bits").to(torch.int64)
-            code = code_of(getattr(layer, p), getattr(layer, f"{p}_bound"), layer.max_bits)
-            out[f"{name}.{p}"] = torch.where(bits > 0, code >> (layer.max_bits - bits), -1)
-    return out
-
-
-def assert_in_bounds(model: nn.Module) -> None:
-    for _, layer in blip_layers(model):
-        for p in layer.quantized_names:
-            w = getattr(layer, p).detach().double()
-            b = getattr(layer, f"{p}_bound")
-            assert bool((w >= -b).all()) and bool((w < b).all()), p
+    """Top-b bits of every scalar's code (-1 where nothing is frozen), from the public names."""
+    return {key: prefix for key, (_, prefix) in conftest.frozen_prefixes(model).items()}
 
 
 def test_code_is_the_spec_formula():
