@@ -35,6 +35,7 @@ meaningful from a GPU machine (``benchmarks/gpu_check.sh``).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -192,7 +193,7 @@ class Ours:
         if transfers is not None:
             s["xfer"] = transfers.seconds
         s["other"] = max(0.0, self.timers.collect - s["env"] - s["infer"] - s["xfer"])
-        return self.timers
+        return copy.deepcopy(self.timers)  # the next call resets self.timers
 
     def close(self) -> None:
         self.envs.close()
@@ -262,7 +263,7 @@ class SB3:
         # do not go through policy.forward (evaluate_actions), so "infer" is the rollout's only.
         s["other"] = max(0.0, self.timers.collect - s["env"] - s["infer"])
         self.timers.steps = n
-        return self.timers
+        return copy.deepcopy(self.timers)
 
     def close(self) -> None:
         self.env.close()

@@ -784,3 +784,32 @@ def test_ppo_storage_and_losses_live_on_the_device(device: str) -> None:
         assert all(b.device.type == device for b in net.buffers())
     finally:
         envs.close()
+
+
+# ------------------------------------------------------------------------ the GPU benchmark
+def test_bench_gpu_runs_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benchmarks/bench_gpu.py`` (what ``gpu_check.sh`` runs on a GPU) works at a tiny size on
+    the CPU: every row, its profile shares summing to the wall time, the JSON."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_gpu", bench)  # its dataclasses look it up there
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--num-envs", "2", "--num-steps", "16", "--steps", "64"]
+    argv += ["--profile-steps", "32", "--sb3-num-envs", "2", "--sb3-steps", "256"]
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main([*argv, "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["num_envs"]) for r in rows] == [("blip", 2), ("SB3 CnnPolicy", 2)]
+    for r in rows:
+        assert r["steps_per_s"] > 0 and r["steps"] >= 64
+        assert sum(r["share"].values()) == pytest.approx(1.0, abs=0.02), r["share"]
+        assert r["share"]["env"] > 0 and r["share"]["update"] > 0
+    assert rows[0]["profile_steps_per_s"] > 0 and rows[0]["share"]["xfer"] == 0.0  # one device
