@@ -38,6 +38,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -437,6 +438,36 @@ def _trial_task() -> Callable[..., dict[str, Any]]:
     return run_trial
 
 
+def _probe(address: str) -> None:
+    """UsageError at once when no Ray cluster answers at ``address`` (``ray.init`` would keep
+    retrying for minutes, e.g. at the stale address a stopped ``ray start`` leaves behind)."""
+    if "://" in address:  # ray:// client addresses: let Ray report
+        return
+    target: str | None = address
+    try:  # "auto": where Ray itself would look (RAY_ADDRESS, the last `ray start`)
+        from ray._private.services import canonicalize_bootstrap_address
+
+        target = canonicalize_bootstrap_address(address)
+    except ConnectionError:
+        target = None
+    except Exception:  # noqa: BLE001 - a private helper; without it, probe what was given
+        target = None if address == "auto" else address
+    if target is None:
+        raise UsageError(
+            f"--address {address}: no Ray cluster found on this node (start one with "
+            "ray start --head, or leave --address out to run on this machine)"
+        )
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            pass
+    except (OSError, ValueError):
+        raise UsageError(
+            f"--address {address}: no Ray cluster answers at {target} (start one with "
+            "ray start --head, or leave --address out to run on this machine)"
+        ) from None
+
+
 def _start_ray(ray: Any, args: argparse.Namespace) -> tuple[str, bool]:
     """Start or join Ray; returns (a description, whether Ray runs embedded in this process)."""
     address = args.address or os.environ.get("RAY_ADDRESS") or "local"
@@ -448,7 +479,7 @@ def _start_ray(ray: Any, args: argparse.Namespace) -> tuple[str, bool]:
     local = address == "local"
     if local:
         cpus = args.num_cpus or float(len(os.sched_getaffinity(0)))
-        kwargs.update(num_cpus=cpus, object_store_memory=100 * 2**20)
+        kwargs.update(num_cpus=cpus, object_store_memory=80 * 2**20)  # Ray's minimum: 75 MiB
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -686,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         _print_trials(trials, sweep_dir)
         return 0
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        _probe(address)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
