@@ -10,6 +10,9 @@ Two identical trials (the same game sequence, agent and budget; seeds 1 and 2), 
   (validating the grid, starting Ray, the Ray tasks, the status and logs, the report).
 * ``sweep, concurrent, 1 thread``: ``--cpus-per-run 1``: both at once, 1 thread each.
 * ``by hand, concurrent, 1 thread``: both started together by hand, 1 thread each.
+* ``by hand, sequential, 1 thread``: one after the other, 1 thread each: separates what
+  running two trials at once gains from what one thread instead of two gains (on a loaded
+  machine a 2-thread OpenMP process loses much to spin-waiting).
 
 Wall time is measured around the whole command (for the sweep: from its start to its exit,
 report included); the sweep's own event lines give when the first trial started and when the
@@ -142,6 +145,7 @@ def main() -> None:
         "sweep, sequential, 2 threads": lambda root: via_sweep(args, root, 2),
         "sweep, concurrent, 1 thread": lambda root: via_sweep(args, root, 1),
         "by hand, concurrent, 1 thread": lambda root: by_hand(args, root, 1, True),
+        "by hand, sequential, 1 thread": lambda root: by_hand(args, root, 1, False),
     }
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
@@ -160,6 +164,7 @@ def main() -> None:
     sweep_seq = med("sweep, sequential, 2 threads")
     sweep_conc = med("sweep, concurrent, 1 thread")
     hand_conc = med("by hand, concurrent, 1 thread")
+    hand_seq1 = med("by hand, sequential, 1 thread")
     fixed = med("sweep, sequential, 2 threads", "first_start_s") + med(
         "sweep, sequential, 2 threads", "after_last_s"
     )
@@ -186,6 +191,10 @@ def main() -> None:
         f"speedup, 2 concurrent 1-thread trials over 2 sequential 2-thread trials: "
         f"{sweep_seq / sweep_conc:.2f}x through the sweep, {hand_seq / hand_conc:.2f}x by hand, "
         f"{hand_seq / sweep_conc:.2f}x sweep-concurrent over by-hand sequential",
+        f"  of which one thread instead of two (by hand, sequential 2 / 1 thread): "
+        f"{hand_seq / hand_seq1:.2f}x; two trials at once instead of one after the other "
+        f"(1 thread each): {hand_seq1 / hand_conc:.2f}x by hand, {hand_seq1 / sweep_conc:.2f}x "
+        "through the sweep",
     ]
     lines += ["", "every run:"]
     lines += [f"  {name}: {json.dumps(runs)}" for name, runs in results.items()]
