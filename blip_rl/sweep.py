@@ -468,6 +468,24 @@ def _probe(address: str) -> None:
         ) from None
 
 
+def _check_machine(args: argparse.Namespace) -> None:
+    """Without a cluster: one trial must fit on this machine."""
+    cpus = args.num_cpus or float(len(os.sched_getaffinity(0)))
+    if args.cpus_per_run > cpus:
+        raise UsageError(
+            f"--cpus-per-run {args.cpus_per_run:g} is more than the {cpus:g} CPUs Ray may use "
+            "on this machine"
+        )
+    if args.gpus_per_run > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if args.gpus_per_run > gpus:
+            raise UsageError(
+                f"--gpus-per-run {args.gpus_per_run:g} is more than the {gpus} GPUs of this machine"
+            )
+
+
 def _start_ray(ray: Any, args: argparse.Namespace) -> tuple[str, bool]:
     """Start or join Ray; returns (a description, whether Ray runs embedded in this process)."""
     address = args.address or os.environ.get("RAY_ADDRESS") or "local"
@@ -494,8 +512,9 @@ def _start_ray(ray: Any, args: argparse.Namespace) -> tuple[str, bool]:
     return f"the Ray cluster at {address} ({len(nodes)} nodes)", False
 
 
-def _slots(ray: Any, args: argparse.Namespace) -> int:
-    """How many trials fit at once; UsageError if one trial fits on no node."""
+def _slots(ray: Any, args: argparse.Namespace, embedded: bool) -> int:
+    """How many trials fit at once on the nodes there are now. None fits: UsageError on this
+    machine; on a cluster a warning (an autoscaler may still add nodes), and 1."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     slots = 0
     for res in nodes:
@@ -506,10 +525,14 @@ def _slots(ray: Any, args: argparse.Namespace) -> int:
     if slots == 0:
         cpus = max((r.get("CPU", 0) for r in nodes), default=0)
         gpus = max((r.get("GPU", 0) for r in nodes), default=0)
-        raise UsageError(
+        text = (
             f"no Ray node has --cpus-per-run {args.cpus_per_run:g} CPUs and --gpus-per-run "
             f"{args.gpus_per_run:g} GPUs (the largest node: {cpus:g} CPUs, {gpus:g} GPUs)"
         )
+        if embedded:
+            raise UsageError(text)
+        print(f"warning: {text}; the trials wait for such a node", file=sys.stderr)
+        return 1
     return slots
 
 
@@ -720,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         _probe(address)
+    else:
+        _check_machine(args)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -761,7 +786,7 @@ def _run(
     if todo:
         where, embedded = _start_ray(ray, args)
         try:
-            slots = _slots(ray, args)
+            slots = _slots(ray, args, embedded)
             print(f"on {where}: up to {slots} trials at once", file=sys.stderr)
             display = _Display(len(trials), done, min(slots, len(todo)), not args.no_progress)
             runner = _Runner(ray, args, sweep_dir, trials, status, display)

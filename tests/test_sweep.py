@@ -195,6 +195,8 @@ def test_rerun_of_a_finished_sweep_starts_nothing_and_rebuilds_the_report(
         (["--set", "f_prior=5e-18,abc"], "trial blip__f_prior=abc__s1: invalid --f-prior 'abc'"),
         (["--set", "ewc_lambda=1"], "applies to none of the agents"),
         (["--seeds", "1,x"], "invalid --seeds 'x'"),
+        (["--cpus-per-run", "64"], "--cpus-per-run 64 is more than the"),
+        (["--address", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
     ],
 )
 def test_bad_grid_is_one_line_and_exit_2_before_anything_is_written(
