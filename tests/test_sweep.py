@@ -196,7 +196,7 @@ def test_rerun_of_a_finished_sweep_starts_nothing_and_rebuilds_the_report(
         (["--set", "ewc_lambda=1"], "applies to none of the agents"),
         (["--seeds", "1,x"], "invalid --seeds 'x'"),
         (["--cpus-per-run", "64"], "--cpus-per-run 64 is more than the"),
-        (["--address", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
+        (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray cluster answers at"),
     ],
 )
 def test_bad_grid_is_one_line_and_exit_2_before_anything_is_written(
