@@ -276,3 +276,61 @@ def test_confidence_interval_is_students_t() -> None:
     # t(0.975, 2) = 4.303; std 1; half width 4.303 / sqrt(3)
     assert ci["high"] == pytest.approx(2.0 + 4.303 / 3**0.5, rel=1e-4)
     assert confidence_interval([5.0])["low"] is None
+
+
+class _FakeTask:
+    """Stands in for the Ray task: records what would be submitted."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def remote(self, *args: Any) -> object:
+        self.calls.append(args)
+        return object()
+
+
+class _FakeRay:
+    def __init__(self) -> None:
+        self.task = _FakeTask()
+
+    def remote(self, fn: Any) -> _FakeRay:
+        return self
+
+    def options(self, **kwargs: Any) -> _FakeTask:
+        return self.task
+
+
+def test_exit_2_fails_once_and_a_killed_trial_is_resumed_until_the_retries_run_out(
+    tmp_path: Path,
+) -> None:
+    import argparse
+
+    trials = expand(GridSpec(games=["pong"], agents=["finetune"], seeds=[1, 2]))
+    bad, killed = trials[0].name, trials[1].name
+    status = sweep._Status(tmp_path / "status.json", "s", trials)
+    args = argparse.Namespace(cpus_per_run=1.0, gpus_per_run=0.0, max_retries=1)
+    ray = _FakeRay()
+    runner = sweep._Runner(ray, args, tmp_path, trials, status, sweep._Display(2, 0, 1, False))
+    runner.submit(bad)
+    argv = ray.task.calls[-1][0]
+    assert argv[-4:] == ["--run-name", bad, "--runs-dir", str(tmp_path)]
+    assert ray.task.calls[-1][1]["OMP_NUM_THREADS"] == "1"
+    runner.log(bad).parent.mkdir(parents=True, exist_ok=True)
+    runner.log(bad).write_text("resuming\nerror: corrupt checkpoint x: bad\n=== exit code 2 ===\n")
+    runner.finish(bad, 2, {"seconds": 3.0, "node": "n1"}, "")
+    st = status.trials[bad]
+    assert (st.state, st.attempts, st.exit_codes) == ("failed", 1, [2])
+    assert st.message == "error: corrupt checkpoint x: bad"
+    assert len(ray.task.calls) == 1  # not retried
+
+    (tmp_path / killed).mkdir()
+    (tmp_path / killed / "config.json").write_text("{}")
+    runner.submit(killed)
+    runner.finish(killed, -9, {"seconds": 1.0, "node": "n1"}, "")
+    assert ray.task.calls[-1][0] == ["--resume", str(tmp_path / killed)]
+    assert "attempt 2 (resume)" in ray.task.calls[-1][3]
+    assert status.trials[killed].state == "pending"
+    runner.finish(killed, None, None, "its Ray task was lost (NodeDiedError)")
+    st = status.trials[killed]
+    assert (st.state, st.attempts, st.exit_codes) == ("failed", 2, [-9, None])
+    assert "NodeDiedError" in st.message and len(ray.task.calls) == 3
