@@ -1,5 +1,6 @@
 # Two entry points, each works on a fresh machine with only Python 3.11 and pip:
-#   make demo   - create .venv, install blip-rl, run the main job
+#   make demo   - create .venv, install blip-rl, run the main job: BLIP against fine-tuning
+#                 on the @demo games (python -m blip_rl.compare), both forgetting matrices
 #   make test   - create .venv, install blip-rl with dev extras, run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m blip_rl.train
+	$(PY) -m blip_rl.compare --steps-per-game 100000 --eval-every 50000
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2

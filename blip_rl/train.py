@@ -43,7 +43,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, FlagTable]:
         default=None,
         metavar="LIST",
         help="comma-separated games in learning order, or @PRESET (e.g. pong,breakout or "
-        "@blip-atari6; default @demo: breakout then pong)",
+        "@blip-atari6; default @demo: krull then freeway)",
     )
     parser.add_argument(
         "--agent",

@@ -100,8 +100,8 @@ def test_resolve_games_lists_and_presets() -> None:
         "breakout",
         "space_invaders",
     ]
-    assert [g.name for g in resolve_games("@demo")] == ["breakout", "pong"]
-    assert [g.name for g in resolve_games("@demo,pong")] == ["breakout", "pong", "pong"]
+    assert [g.name for g in resolve_games("@demo")] == ["krull", "freeway"]
+    assert [g.name for g in resolve_games("@demo,pong")] == ["krull", "freeway", "pong"]
     for bad in ["", " , ", "@nope", "pong,nope"]:
         with pytest.raises(UsageError):
             resolve_games(bad)
@@ -520,7 +520,7 @@ def test_presets_work_from_a_wheel(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "['breakout', 'pong'] (-20.7, 14.6)"
+    assert proc.stdout.strip() == "['krull', 'freeway'] (-20.7, 14.6)"
 
 
 def test_gymnasium_async_matches_sync() -> None:
