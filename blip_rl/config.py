@@ -59,6 +59,7 @@ RUN_FLAG_FIELDS = (
     "eval_episodes",
     "checkpoint_every",
     "shared_head",
+    "torch_threads",
     "capture_video",
     "video_max_frames",
     "track",
@@ -102,6 +103,10 @@ class RunConfig:
     """Write a checkpoint every this many env steps (0: only after games)."""
     shared_head: bool = False
     """One pair of heads over the full 18-action set for all games."""
+    torch_threads: int = 0
+    """Torch CPU threads (process-wide). 0: one thread when training on a CPU with at most 4
+    cores (a second thread spins against the emulator threads and was measured 3x slower on
+    2 cores), torch's default otherwise."""
     capture_video: bool = False
     """After each game, record one evaluation episode of every game from the RGB screen
     (videos/after-<k>-<game>.mp4, TensorBoard video/<game>/after_<k>, a contact sheet). See
@@ -153,6 +158,7 @@ class RunConfig:
         check_int(self, "eval_episodes", 1)
         check_int(self, "checkpoint_every", 0)
         check_bool(self, "shared_head")
+        check_int(self, "torch_threads", 0)
         check_bool(self, "capture_video")
         check_int(self, "video_max_frames", 1, 10_000)  # frames are kept in memory: 100 KB each
         check_bool(self, "track")

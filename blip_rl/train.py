@@ -9,7 +9,9 @@ preset (``agents/<name>.toml``: ``[net]``, ``[settings]``, ``[ppo]``) is also a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -166,6 +168,7 @@ def _resume_config(args: argparse.Namespace, table: FlagTable) -> tuple[Path, Ru
     if not cfg_file.is_file():
         raise UsageError(f"--resume {run_dir}: not a blip-rl run folder (no config.json)")
     allowed = {"resume", "runs_dir", "no_progress", "device", "list_games", "list_agents"}
+    allowed.add("cfg_run_torch_threads")
     given = [k for k, v in vars(args).items() if v not in (None, False) and k not in allowed]
     if given:
         flag = table[given[0]].flag if given[0] in table else "--" + given[0].replace("_", "-")
@@ -177,9 +180,24 @@ def _resume_config(args: argparse.Namespace, table: FlagTable) -> tuple[Path, Ru
         raise UsageError(f"--resume {run_dir}: unreadable config.json ({first})") from None
     if args.device is not None:
         config.device = _device(args.device)
+    if args.cfg_run_torch_threads is not None:  # a setting of this process, not of the run
+        threads = given_flags(args, table)["run"]["torch_threads"]
+        try:
+            config = dataclasses.replace(config, torch_threads=threads)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if (run_dir / "summary.json").is_file():
         raise UsageError(f"--resume {run_dir}: this run is already complete (summary.json exists)")
     return run_dir, config
+
+
+def set_threads(config: RunConfig) -> None:
+    """Apply ``config.torch_threads`` (process-wide; see :class:`RunConfig`)."""
+    threads = config.torch_threads
+    if threads == 0 and torch.device(config.device).type == "cpu" and (os.cpu_count() or 1) <= 4:
+        threads = 1
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def _lock(run_dir: Path) -> RunLock:
@@ -229,13 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         print(atari.format_game_list())
         return 0
     if args.list_agents:
-        for name in list_agents():
-            print(f"{name:<14}{load_agent(name).description}")
+        names = list_agents()
+        width = max(map(len, names)) + 2
+        for name in names:
+            print(f"{name:<{width}}{load_agent(name).description}")
         return 0
     if args.resume:
         run_dir, config = _resume_config(args, table)
         _check_track(config)
         lock = _lock(run_dir)
+        set_threads(config)
         run = ContinualRun(run_dir, config, resume=True, progress=not args.no_progress)
         print(f"resuming {run_dir} at env step {run.progress.global_step}", file=sys.stderr)
     else:
@@ -250,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_track(config)
         run_dir = _new_run_dir(args, config)
         lock = _lock(run_dir)
+        set_threads(config)
         write_json(run_dir / "config.json", config.to_json())
         run = ContinualRun(run_dir, config, progress=not args.no_progress, branch=source)
         first = run.progress.game_index + (1 if run.progress.game_done else 0)

@@ -36,6 +36,7 @@ BAD = [
     (["--steps-per-game", "0"], "--steps-per-game 0"),
     (["--seed", "-1"], "--seed -1"),
     (["--eval-every", "-1"], "--eval-every -1"),
+    (["--torch-threads", "-1"], "--torch-threads -1"),
     (["--eval-episodes", "0"], "--eval-episodes 0"),
     (["--checkpoint-every", "-5"], "--checkpoint-every -5"),
     (["--sticky-actions", "1.5"], "--sticky-actions 1.5"),
