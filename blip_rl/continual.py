@@ -467,9 +467,7 @@ class ContinualRun:
         names = [g.name for g in self.games]
         rows: list[list[float]] = []
         for i in range(len(self.history.matrix)):
-            by_game = {
-                e["game"]: e["returns"] for e in self.history.evals if e["after_game"] == i
-            }
+            by_game = {e["game"]: e["returns"] for e in self.history.evals if e["after_game"] == i}
             row = []
             for name in names:
                 x = np.asarray(by_game.get(name, []), dtype=float)
@@ -586,8 +584,7 @@ class ContinualRun:
                 ppo.load_state_dict(self.ppo_state)
             self.ppo_state = None
             main_end = -(-main_steps // batch) * batch  # whole rollouts
-            keep = getattr(cfg.method_config, "fisher_states", 0)
-            keeper = _KeepFisherStates(keep, main_end)
+            keeper = _KeepFisherStates(self.method.states_to_keep(), main_end)
             ctx = GameContext(
                 net=self.net,
                 ppo=ppo,

@@ -3,6 +3,7 @@
 A method is a small plugin (as in Avalanche) that the continual loop calls at fixed points:
 
 * ``setup(net)`` once, when the network exists;
+* ``states_to_keep()``: how many of a game's last training states ``after_game`` will read;
 * ``reserved_steps(steps_per_game)``: env steps of a game's budget the method keeps for itself
   after the main training (e.g. PackNet's retraining after pruning); the loop trains the rest
   first;
@@ -103,6 +104,12 @@ class ContinualMethod:
 
     def setup(self, net: ActorCritic) -> None:
         """Called once with the network, before any game."""
+
+    def states_to_keep(self) -> int:
+        """How many of a game's last training states the method's ``after_game`` reads through
+        ``ctx.fisher_states`` (the loop copies that many from its rollouts): a Fisher-based
+        method's ``fisher_states``, 0 otherwise."""
+        return self.config.fisher_states if isinstance(self.config, MethodConfig) else 0
 
     def reserved_steps(self, steps_per_game: int) -> int:
         """Env steps of a game's budget (``steps_per_game``) kept for the method's own use in
