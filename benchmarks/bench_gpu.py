@@ -205,7 +205,7 @@ class SB3:
     def __init__(self, game: str, num_envs: int, device: torch.device, seed: int) -> None:
         from stable_baselines3 import PPO as SB3PPO
 
-        from blip_rl.sb3 import make_sb3_atari_env
+        from blip_rl.sb3 import ATARI_PPO_KWARGS, make_sb3_atari_env
 
         self.device = device
         self.env = make_sb3_atari_env(
@@ -214,14 +214,8 @@ class SB3:
         self.model = SB3PPO(
             "CnnPolicy",
             self.env,
-            n_steps=128,
+            **ATARI_PPO_KWARGS,
             batch_size=num_envs * 128 // 4,
-            n_epochs=4,
-            learning_rate=2.5e-4,
-            clip_range=0.1,
-            ent_coef=0.01,
-            vf_coef=0.5,
-            max_grad_norm=0.5,
             seed=seed,
             device=device,
             verbose=0,

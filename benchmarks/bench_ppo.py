@@ -80,20 +80,16 @@ class SB3:
         from stable_baselines3.common.env_util import make_atari_env
         from stable_baselines3.common.vec_env import VecFrameStack
 
+        from blip_rl.sb3 import ATARI_PPO_KWARGS
+
         gym.register_envs(ale_py)
         env_id = f"{resolve_game(game).display_name}NoFrameskip-v4"
         self.env = VecFrameStack(make_atari_env(env_id, n_envs=8, seed=seed), n_stack=4)
         self.model = SB3PPO(
             "CnnPolicy",
             self.env,
-            n_steps=128,
+            **ATARI_PPO_KWARGS,
             batch_size=256,
-            n_epochs=4,
-            learning_rate=2.5e-4,
-            clip_range=0.1,
-            ent_coef=0.01,
-            vf_coef=0.5,
-            max_grad_norm=0.5,
             seed=seed,
             device="cpu",
             verbose=0,

@@ -68,6 +68,7 @@ except ImportError:  # pragma: no cover
     UsageError = ValueError  # type: ignore[assignment,misc]
 
 __all__ = [
+    "ATARI_PPO_KWARGS",
     "BlipActorCriticCnnPolicy",
     "BlipActorCriticPolicy",
     "BlipFreezeCallback",
@@ -82,6 +83,18 @@ __all__ = [
     "rollout_states",
     "short_layer_name",
 ]
+
+ATARI_PPO_KWARGS: dict[str, Any] = {
+    "n_steps": 128,
+    "n_epochs": 4,
+    "learning_rate": 2.5e-4,
+    "clip_range": 0.1,
+    "ent_coef": 0.01,
+    "vf_coef": 0.5,
+    "max_grad_norm": 0.5,
+}
+"""SB3 ``PPO`` keyword arguments of the Atari setting (rl-baselines3-zoo's, CleanRL's, and
+blip-rl's own :class:`~blip_rl.ppo.PPOConfig` defaults); add ``batch_size=n_envs * 128 // 4``."""
 
 DEFAULT_MAX_BITS = 20
 """N, the bits of each parameter's fixed-point code (paper: 20)."""
