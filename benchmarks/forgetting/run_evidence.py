@@ -117,6 +117,14 @@ def main() -> None:
         help="more CLI flags for the branch runs, e.g. '--blip true' (fine-tuning on the BLIP "
         "network, so that the branch differs from the source only by the freezing)",
     )
+    ap.add_argument(
+        "--game1-from",
+        default="",
+        help="a run folder template with {seed}, e.g. "
+        "'runs/forgetting/evidence/krull-freeway/blip-s{seed}-100000': every agent of that seed "
+        "branches from its after-game-1.pt (same first game, any later games), so game 1 is "
+        "reused across sequences; a seed without it trains game 1 as usual",
+    )
     ap.add_argument("--tag", default="", help="suffix of the branch runs' folder names")
     ap.add_argument("extra", nargs="*", help="more CLI flags for every sequence run (after --)")
     args = ap.parse_args()
@@ -131,9 +139,20 @@ def main() -> None:
     branches = [a.strip() for a in args.branch_agents.split(",") if a.strip()]
     for seed in seeds:
         source: Path | None = None
+        shared = (
+            Path(args.game1_from.format(seed=seed)) / "checkpoints" / "after-game-1.pt"
+            if args.game1_from
+            else None
+        )
+        if shared is not None and not shared.exists():
+            print(f"[evidence] no {shared}: seed {seed} trains its own game 1", flush=True)
+            shared = None
         for agent in agents:
             folder = seq_dir / f"{agent}-s{seed}-{args.steps}"
             source = source or folder
+            flags = list(args.extra)
+            if shared is not None:
+                flags = ["--from-checkpoint", str(shared), *flags]
             failed += (
                 train(
                     folder,
@@ -144,13 +163,13 @@ def main() -> None:
                     args.eval_every,
                     args.eval_episodes,
                     code,
-                    args.extra,
+                    flags,
                 )
                 != 0
             )
         for agent in branches:
             assert source is not None
-            ckpt = source / "checkpoints" / "after-game-1.pt"
+            ckpt = shared or source / "checkpoints" / "after-game-1.pt"
             folder = seq_dir / f"{agent}{args.tag}-s{seed}-{args.steps}"
             flags = ["--from-checkpoint", str(ckpt), *args.branch_flags.split(), *args.extra]
             failed += (
