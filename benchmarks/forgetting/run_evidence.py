@@ -140,7 +140,7 @@ def main() -> None:
     for seed in seeds:
         source: Path | None = None
         shared = (
-            Path(args.game1_from.format(seed=seed)) / "checkpoints" / "after-game-1.pt"
+            Path(args.game1_from.format(seed=seed)).resolve() / "checkpoints" / "after-game-1.pt"
             if args.game1_from
             else None
         )
