@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m blip_rl.compare --steps-per-game 100000 --eval-every 50000
+	$(PY) -m blip_rl.compare --steps-per-game 100000 --eval-every 50000 --capture-video
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2
