@@ -4,7 +4,8 @@ Two identical trials (the same game sequence, agent and budget; seeds 1 and 2), 
 :func:`blip_rl.sweep_grid.expand` exactly as the sweep builds them, are run four ways:
 
 * ``by hand, sequential, 2 threads``: ``python -m blip_rl.train`` twice, one after the other,
-  each with 2 torch threads and 2 env threads: the baseline.
+  each with 2 torch threads and 2 env threads (``OMP_NUM_THREADS`` and, where the train CLI
+  has it, ``--torch-threads``; ``--env-threads``): the baseline.
 * ``sweep, sequential, 2 threads``: the same two runs through the sweep with
   ``--cpus-per-run 2`` on 2 CPUs, so one at a time: the sweep's overhead over the baseline
   (validating the grid, starting Ray, the Ray tasks, the status and logs, the report).
@@ -38,29 +39,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blip_rl.sweep_grid import GridSpec, expand, parse_set
+from blip_rl.sweep_grid import GridSpec, expand, parse_set, train_flags
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def _settings(args: argparse.Namespace, env_threads: int) -> list[str]:
-    return [
+def _settings(args: argparse.Namespace, threads: int) -> list[str]:
+    out = [
         f"steps_per_game={args.steps_per_game}",
         "num_envs=8",
         "eval_every=0",
         f"eval_episodes={args.eval_episodes}",
         "max_episode_frames=4000",
         f"fisher_states={args.fisher_states}",
-        f"env_threads={env_threads}",
+        f"env_threads={threads}",
     ]
+    if "torch_threads" in train_flags():  # else OMP_NUM_THREADS alone sets them
+        out.append(f"torch_threads={threads}")
+    return out
 
 
-def _trials(args: argparse.Namespace, env_threads: int) -> list[Any]:
+def _trials(args: argparse.Namespace, threads: int) -> list[Any]:
     grid = GridSpec(
         games=[args.games],
         agents=[args.agent],
         seeds=[1, 2],
-        settings=parse_set(_settings(args, env_threads)),
+        settings=parse_set(_settings(args, threads)),
     )
     return expand(grid)
 
