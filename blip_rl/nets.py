@@ -36,7 +36,7 @@ from blip_rl.nature_cnn import conv_output_size, nature_convs
 from blip_rl.quant import BlipLayer, BlipLinear
 from blip_rl.validate import check_bool, check_int, check_number
 
-__all__ = ["NetConfig", "ActorCritic", "PAPER_NET"]
+__all__ = ["BLIP_ONLY_FIELDS", "NetConfig", "ActorCritic", "PAPER_NET"]
 
 
 @dataclass
@@ -73,6 +73,9 @@ class NetConfig:
         check_int(self, "max_bits", 1, 32)
         check_number(self, "f_prior", 0.0)
 
+
+BLIP_ONLY_FIELDS = ("f_prior", "max_bits")
+"""NetConfig fields that only BLIP layers read (ignored when ``blip=False``)."""
 
 PAPER_NET = NetConfig(channels=(32, 64, 128), hidden=1024)
 """The network of the BLIP paper's Atari experiments."""

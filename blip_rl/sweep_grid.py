@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from blip_rl.errors import UsageError
+from blip_rl.nets import BLIP_ONLY_FIELDS
 
 __all__ = [
     "GridSpec",
@@ -50,7 +51,7 @@ __all__ = [
     "validate",
 ]
 
-BLIP_ONLY = ("f_prior", "max_bits")
+BLIP_ONLY = BLIP_ONLY_FIELDS
 """Network settings that only BLIP layers read (ignored by a network with ``blip = false``)."""
 
 _OWN_FLAGS = {
