@@ -384,6 +384,29 @@ def group_markdown(res: GroupResult) -> str:
     return "\n".join(lines)
 
 
+def runs_markdown(runs: Sequence[Run]) -> str:
+    """Every run's matrix with the standard error of each entry (over its episodes)."""
+    k = max(len(r.games) for r in runs)
+    lines = [
+        "| run | seed | after game | " + " | ".join(f"on game {j + 1}" for j in range(k)) + " |",
+        "|---" * (k + 3) + "|",
+    ]
+    for r in runs:
+        m = r.matrix
+        for i in range(m.shape[0]):
+            cells = [
+                f"{r.games[j]} {m[i, j]:.1f}"
+                + ("" if np.isnan(r.se[i, j]) else f" ± {r.se[i, j]:.1f}")
+                for j in range(m.shape[1])
+            ]
+            lines.append(
+                f"| {r.data.path.name} | {r.data.seed} | {i + 1}. {r.games[i]} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
 def aggregate_markdown(results: Sequence[GroupResult]) -> str:
     """One row per group: IQM [95% CI] and mean [95% CI] of each aggregate."""
     lines = [
@@ -598,6 +621,10 @@ def analyze(
             "## Per game (means over seeds)",
             "",
             "\n\n".join(sections),
+            "",
+            "## Every run (mean ± standard error over the evaluation episodes)",
+            "",
+            runs_markdown(runs),
             "",
             "Plots: `retention_plasticity.png`, `heatmaps_<sequence>.png`, "
             "`curves_<sequence>.png` (shaded: each game's own training).",
