@@ -74,6 +74,12 @@ BAD = [
     (["--video-max-frames", "10001"], "--video-max-frames 10001"),
     (["--wandb-project", "a/b"], "--wandb-project 'a/b'"),
     # Types and names.
+    (["--games", "pong,notagame"], "unknown game 'notagame'"),
+    (["--agent", "nosuchagent"], "unknown agent preset 'nosuchagent'"),
+    (["--num-envs", "x"], "--num-envs 'x'"),
+    (["--learning-rate", "fast"], "--learning-rate 'fast'"),
+    (["--agent", "finetune", "--fisher-states", "10"], "--fisher-states does not apply"),
+    (["--device", "tpu"], "--device 'tpu'"),
     (["--seed", "one"], "--seed 'one'"),
     (["--blip", "maybe"], "--blip 'maybe'"),
     (["--precision", "fp8"], "--precision 'fp8'"),
