@@ -56,6 +56,14 @@ import torch
 from tqdm import tqdm
 
 from blip_rl import atari, metrics
+from blip_rl.callbacks import (
+    KeepFisherStates,
+    MethodHooks,
+    PeriodicCheckpoint,
+    PeriodicEval,
+    RunCallback,
+    TrainLog,
+)
 from blip_rl.config import RunConfig
 from blip_rl.errors import UsageError
 from blip_rl.files import atomic_write, write_json
@@ -134,84 +142,6 @@ class _History:
     evals: list[dict[str, Any]] = field(default_factory=list)
     matrix: list[list[float]] = field(default_factory=list)
     after_game: list[dict[str, float]] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------- callbacks
-class RunCallback:
-    """Something that attaches to the training loop (SB3-style): called after every PPO
-    iteration (``on_iteration``) with the run, the game's context and the iteration's result."""
-
-    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
-        """After one rollout and update."""
-
-
-class _KeepFisherStates(RunCallback):
-    """Copies of the game's last rollouts (the storage is overwritten each iteration), kept
-    only within the game's last ``fisher_states`` steps: the states a method's Fisher uses."""
-
-    def __init__(self, keep: int, last_step: int) -> None:
-        self.keep, self.last_step = keep, last_step
-        self.states: list[torch.Tensor] = []
-
-    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
-        if self.last_step - result.global_step < self.keep:
-            self.states.append(ctx.ppo.storage.obs.flatten(0, 1).clone())
-
-
-class _TrainLog(RunCallback):
-    """Episode returns, losses and speed to TensorBoard; the progress bar."""
-
-    def __init__(self, bar: tqdm) -> None:
-        self.bar = bar
-        self.last_return = math.nan
-
-    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
-        step, log = run.progress.global_step, run.log
-        assert log is not None
-        for ep in result.episodes:
-            log.writer.add_scalar(f"train/{ctx.game.name}/episode_return", ep.score, step)
-            self.last_return = ep.score
-        log.losses(result.losses, step)
-        log.scalars({"perf/steps_per_s": result.steps_per_s}, step)
-        self.bar.update(run.ppo_config.batch_size)
-        self.bar.set_postfix(
-            sps=f"{result.steps_per_s:.0f}", ret=f"{self.last_return:.1f}", refresh=False
-        )
-
-
-class _MethodHooks(RunCallback):
-    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
-        run.method.after_update(ctx)
-
-
-class _PeriodicEval(RunCallback):
-    """Every ``eval_every`` global steps: every game of the sequence (not at the game's very
-    end, where the after-game evaluation follows)."""
-
-    def __init__(self, end: int) -> None:
-        self.end = end
-
-    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
-        prog, every = run.progress, run.cfg.eval_every
-        if prog.next_eval > 0 and prog.global_step >= prog.next_eval:
-            while prog.next_eval <= prog.global_step:
-                prog.next_eval += every
-            if result.global_step < self.end:
-                run.evaluate_all(after_game=None)
-
-
-class _PeriodicCheckpoint(RunCallback):
-    """Every ``checkpoint_every`` global steps (not at the game's end: the after-game one)."""
-
-    def __init__(self, end: int) -> None:
-        self.end = end
-
-    def on_iteration(self, run: ContinualRun, ctx: GameContext, result: IterationResult) -> None:
-        prog, every = run.progress, run.cfg.checkpoint_every
-        if every > 0 and prog.global_step >= prog.next_checkpoint and result.global_step < self.end:
-            while prog.next_checkpoint <= prog.global_step:
-                prog.next_checkpoint += every
-            run.checkpoint(ctx.ppo)
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -477,7 +407,7 @@ class ContinualRun:
 
     # ------------------------------------------------------------------------------ the loop
     def _fisher_states_fn(
-        self, keeper: _KeepFisherStates, game_index: int
+        self, keeper: KeepFisherStates, game_index: int
     ) -> Callable[[int], torch.Tensor]:
         def get(n: int) -> torch.Tensor:
             recent = keeper.states
@@ -584,7 +514,7 @@ class ContinualRun:
                 ppo.load_state_dict(self.ppo_state)
             self.ppo_state = None
             main_end = -(-main_steps // batch) * batch  # whole rollouts
-            keeper = _KeepFisherStates(self.method.states_to_keep(), main_end)
+            keeper = KeepFisherStates(self.method.states_to_keep(), main_end)
             ctx = GameContext(
                 net=self.net,
                 ppo=ppo,
@@ -602,10 +532,10 @@ class ContinualRun:
                 disable=not self.show_progress,
                 dynamic_ncols=True,
             )
-            log_cb = _TrainLog(bar)
-            main = [keeper, log_cb, _MethodHooks(), _PeriodicEval(main_end)]
-            main.append(_PeriodicCheckpoint(main_end))
-            ctx.train = self._method_phase(ctx, [log_cb, _MethodHooks()])
+            log_cb = TrainLog(bar)
+            main = [keeper, log_cb, MethodHooks(), PeriodicEval(main_end)]
+            main.append(PeriodicCheckpoint(main_end))
+            ctx.train = self._method_phase(ctx, [log_cb, MethodHooks()])
             self.method.before_game(ctx)
             ppo.reset_envs(seed=cfg.seed * 1000 + 100 * k + prog.resumes)
             with bar:
