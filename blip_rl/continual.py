@@ -101,10 +101,12 @@ def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
     src = RunConfig.from_json(source["config"])
     done = source["progress"]["game_index"] + 1
     where = f"--from-checkpoint {config.branched_from}"
-    if config.games[:done] != src.games[:done] or len(config.games) <= done:
+    if config.games != src.games or len(config.games) <= done:
+        # Same games: the source's matrix rows and curves (every game of the sequence is
+        # evaluated after every game) are the branch's own first rows.
         raise UsageError(
-            f"{where}: the run trained {', '.join(src.games[:done])}; --games must start with "
-            f"those games and add at least one ({', '.join(config.games)} given)"
+            f"{where}: a branch plays the source run's games ({', '.join(src.games)}) and needs "
+            f"at least one left after game {done} ({', '.join(config.games)} given)"
         )
     if config.method not in (src.method, "finetune"):
         raise UsageError(

@@ -28,7 +28,7 @@ def events(run_dir: Path) -> EventAccumulator:
     return acc
 
 
-def test_two_games_end_to_end(tmp_path: Path) -> None:
+def test_two_games_end_to_end(tmp_path: Path, capsys) -> None:
     argv = [*TINY, *BLIP, "--steps-per-game", "128", "--eval-every", "64"]
     assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "r"]) == 0
     run = tmp_path / "r"
@@ -73,8 +73,12 @@ def test_two_games_end_to_end(tmp_path: Path) -> None:
     assert b["metrics"]["matrix"][0] == summary["metrics"]["matrix"][0]
     pong = [e.step for e in events(tmp_path / "b").Scalars("eval/pong/return")]
     assert pong == [64, 128, 192, 256]
-    # A method that would need the source's state after game 1 cannot branch from it.
+    # A method that would need the source's state after game 1 cannot branch from it, and a
+    # branch plays the source's games (its matrix rows are the branch's first rows).
     assert main([*argv, *branch[:2], "--agent", "ewc", "--runs-dir", str(tmp_path)]) == 2
+    other = ["--games", "pong,freeway", "--agent", "finetune", "--runs-dir", str(tmp_path)]
+    assert main([*argv, *branch[:2], *other]) == 2
+    assert "plays the source run's games" in capsys.readouterr().err
 
 
 def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
