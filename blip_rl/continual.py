@@ -495,13 +495,10 @@ class ContinualRun:
         batch = self.ppo_config.batch_size
         envs = atari.make_train_envs(game, self.ppo_config.num_envs, None, self.atari_config)
         try:
+            # The main training keeps at least one rollout; a method asking for more than the
+            # rest (tiny budgets) gets the rest.
             reserved = int(self.method.reserved_steps(cfg.steps_per_game))
-            if not 0 <= reserved <= cfg.steps_per_game - batch:
-                raise ValueError(
-                    f"method {cfg.method} reserves {reserved} of the game's "
-                    f"{cfg.steps_per_game} steps; it may reserve up to "
-                    f"{cfg.steps_per_game - batch} (one rollout must remain)"
-                )
+            reserved = min(max(reserved, 0), max(cfg.steps_per_game - batch, 0))
             main_steps = cfg.steps_per_game - reserved
             ppo = PPO(
                 self.net,

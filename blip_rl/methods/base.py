@@ -113,7 +113,8 @@ class ContinualMethod:
 
     def reserved_steps(self, steps_per_game: int) -> int:
         """Env steps of a game's budget (``steps_per_game``) kept for the method's own use in
-        ``after_game`` (through ``ctx.train``); the main training gets the rest. Default 0."""
+        ``after_game`` (through ``ctx.train``); the main training gets the rest, and at least
+        one rollout (the loop clamps the request). Default 0."""
         return 0
 
     def before_game(self, ctx: GameContext) -> None:
