@@ -42,8 +42,11 @@ TINY_SWEEP = [
 TRIALS = ["blip__s1", "blip__s2", "finetune__s1", "finetune__s2"]
 
 
-def _train_pid(trial: str) -> int | None:
-    """The pid of the train process of ``trial`` (its first attempt: ``--run-name trial``)."""
+def _train_pid(sweep_dir: Path, trial: str) -> int | None:
+    """The pid of the train process of ``trial`` of the sweep in ``sweep_dir`` (its first
+    attempt: ``--runs-dir sweep_dir --run-name trial``). The folder matters: under
+    pytest-xdist each worker that runs tests of this module builds its own sweep, with the
+    same trial names."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -51,7 +54,12 @@ def _train_pid(trial: str) -> int | None:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"blip_rl.train" in cmd and b"--run-name" in cmd and trial.encode() in cmd:
+        if (
+            b"blip_rl.train" in cmd
+            and b"--run-name" in cmd
+            and trial.encode() in cmd
+            and str(sweep_dir).encode() in cmd
+        ):
             return int(proc.name)
     return None
 
@@ -69,7 +77,7 @@ def _kill_first_mid_game(sweep_dir: Path, killed: dict[str, Any], stop: threadin
                 continue
             seen = first.setdefault(trial, (st.st_ino, st.st_mtime_ns))
             if (st.st_ino, st.st_mtime_ns) != seen and not (ckpt / "after-game-1.pt").exists():
-                pid = _train_pid(trial)
+                pid = _train_pid(sweep_dir, trial)
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
                     killed.update(trial=trial, pid=pid)
