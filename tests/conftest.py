@@ -62,3 +62,10 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
+
+
+def both_ll(m: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Policy and value terms of a ``(logits, value)`` model, as a ``(batch, 2)`` log-likelihood
+    for :func:`blip_rl.estimate_fisher` with two terms."""
+    logits, v = m(x)
+    return torch.stack([torch.log_softmax(logits, -1).gather(1, a[:, None]).squeeze(1), v], 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import both_ll
 from torch import nn
 
 from blip_rl import BlipConv2d, BlipLinear, estimate_fisher
@@ -26,11 +27,6 @@ class Net(nn.Module):
 
 def policy_ll(m, x, a):
     return torch.log_softmax(m(x)[0], -1).gather(1, a[:, None]).squeeze(1)
-
-
-def both_ll(m, x, a):
-    logits, v = m(x)
-    return torch.stack([torch.log_softmax(logits, -1).gather(1, a[:, None]).squeeze(1), v], 1)
 
 
 def loop_fisher(model, fn, x, a, weights=(1.0,)):

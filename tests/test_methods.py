@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import both_ll
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny import TINY as BASE
 from torch import nn
@@ -45,11 +46,6 @@ class Tiny(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1)))
         return self.pi(h), self.v(h).squeeze(-1)
-
-
-def both_ll(m: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    logits, v = m(x)
-    return torch.stack([torch.log_softmax(logits, -1).gather(1, a[:, None]).squeeze(1), v], 1)
 
 
 @pytest.mark.parametrize("method", ["layerwise", "vmap"])
