@@ -19,11 +19,9 @@ an unknown agent, game, setting or value anywhere in the grid is one :class:`Usa
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import hashlib
-import importlib.resources
 import io
 import itertools
 import json
@@ -33,9 +31,10 @@ from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from blip_rl.errors import UsageError
+from blip_rl.files import preset_dir, preset_names
 from blip_rl.nets import BLIP_ONLY_FIELDS
 
 __all__ = [
@@ -70,7 +69,6 @@ _RESERVED = {
 }
 """Train flags the sweep sets itself (or that do not make a run)."""
 
-_TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -83,25 +81,11 @@ class TrainFlag:
     """The setting's name in a grid: the flag without dashes (``--f-prior`` -> ``f_prior``)."""
     flag: str
     """The flag as the train CLI spells it."""
-    kind: Literal["value", "switch", "negatable"]
-    """``value``: ``--flag=TEXT``; ``switch``: present or absent; ``negatable``: ``--no-flag``."""
 
     def render(self, text: str) -> list[str]:
-        """The command-line arguments that give this setting the value ``text``."""
-        if self.kind == "value":
-            return [f"{self.flag}={text}"]
-        on = _bool(self.key, text)
-        if self.kind == "switch":
-            return [self.flag] if on else []
-        return [self.flag if on else "--no-" + self.flag[2:]]
-
-
-def _bool(key: str, text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise UsageError(f"invalid {key}={text!r}; expected true or false")
+        """The command-line arguments that give this setting the value ``text`` (every
+        setting flag of the train CLI takes a value; booleans take ``true``/``false``)."""
+        return [f"{self.flag}={text}"]
 
 
 def train_flags() -> dict[str, TrainFlag]:
@@ -111,22 +95,12 @@ def train_flags() -> dict[str, TrainFlag]:
     parser = train.build_parser()[0]
     flags: dict[str, TrainFlag] = {}
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction):
-            continue
         longs = [s for s in action.option_strings if s.startswith("--")]
-        if not longs:
+        if not longs or action.nargs == 0:  # --help and the CLI's own switches
             continue
-        kind: Literal["value", "switch", "negatable"]
-        if isinstance(action, argparse.BooleanOptionalAction):
-            kind, longs = "negatable", [s for s in longs if not s.startswith("--no-")]
-        elif action.nargs == 0:
-            kind = "switch"
-        else:
-            kind = "value"
         key = longs[0][2:].replace("-", "_")
-        if key in _OWN_FLAGS or key in _RESERVED:
-            continue
-        flags[key] = TrainFlag(key, longs[0], kind)
+        if key not in _OWN_FLAGS and key not in _RESERVED:
+            flags[key] = TrainFlag(key, longs[0])
     return flags
 
 
@@ -246,15 +220,9 @@ def _settings_table(table: Any, where: str) -> dict[str, list[str]]:
     return {_key(k, where): _values(v, k, where) for k, v in table.items()}
 
 
-def _sweeps_dir() -> Any:
-    return importlib.resources.files("blip_rl") / "presets" / "sweeps"
-
-
 def list_grids() -> list[str]:
     """Names of the grid files shipped in ``blip_rl/presets/sweeps`` (``--grid @NAME``)."""
-    return sorted(
-        p.name.removesuffix(".toml") for p in _sweeps_dir().iterdir() if p.name.endswith(".toml")
-    )
+    return preset_names("sweeps")
 
 
 def load_grid_file(spec: str) -> GridSpec:
@@ -263,7 +231,7 @@ def load_grid_file(spec: str) -> GridSpec:
         known = list_grids()
         if spec[1:] not in known:
             raise UsageError(f"unknown grid {spec!r}; shipped grids: @{', @'.join(known)}")
-        text = (_sweeps_dir() / f"{spec[1:]}.toml").read_text(encoding="utf-8")
+        text = (preset_dir("sweeps") / f"{spec[1:]}.toml").read_text(encoding="utf-8")
         stem = spec[1:]
     else:
         path = Path(spec)
