@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib.resources
 import inspect
 import math
 import tomllib
@@ -37,6 +36,7 @@ import torch
 
 from blip_rl.atari import AtariConfig
 from blip_rl.errors import UsageError
+from blip_rl.files import preset_dir, preset_names
 from blip_rl.methods import METHODS
 from blip_rl.nets import NetConfig
 from blip_rl.ppo import PPOConfig
@@ -219,15 +219,9 @@ class AgentPreset:
     method_config: dict[str, Any] = field(default_factory=dict)
 
 
-def _agents_dir() -> Any:
-    return importlib.resources.files("blip_rl") / "presets" / "agents"
-
-
 def list_agents() -> list[str]:
     """Names of the agent presets shipped with blip-rl."""
-    return sorted(
-        p.name.removesuffix(".toml") for p in _agents_dir().iterdir() if p.name.endswith(".toml")
-    )
+    return preset_names("agents")
 
 
 def load_agent(name: str) -> AgentPreset:
@@ -236,7 +230,7 @@ def load_agent(name: str) -> AgentPreset:
     if name not in known:
         raise UsageError(f"unknown agent preset {name!r}; available: {', '.join(known)}")
     where = f"agent preset {name!r}"
-    data = tomllib.loads((_agents_dir() / f"{name}.toml").read_text(encoding="utf-8"))
+    data = tomllib.loads((preset_dir("agents") / f"{name}.toml").read_text(encoding="utf-8"))
     unknown = sorted(set(data) - {"method", "description", "run", "env", "net", "ppo", "settings"})
     if unknown:
         raise UsageError(f"{where}: unknown section {unknown[0]!r}")

@@ -5,6 +5,7 @@ Every file a run or a report writes goes through :func:`atomic_write` (or :func:
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import os
@@ -17,7 +18,15 @@ try:  # POSIX; on other systems the lock is a no-op
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunLock", "atomic_write", "json_safe", "read_json", "write_json"]
+__all__ = [
+    "RunLock",
+    "atomic_write",
+    "json_safe",
+    "preset_dir",
+    "preset_names",
+    "read_json",
+    "write_json",
+]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -35,6 +44,21 @@ def atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def preset_dir(kind: str) -> Any:
+    """The shipped preset folder ``blip_rl/presets/<kind>`` (``agents``, ``envs``, ``sweeps``),
+    read through importlib.resources so that it works from a wheel too."""
+    return importlib.resources.files("blip_rl") / "presets" / kind
+
+
+def preset_names(kind: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Names (without ``.toml``) of the presets in ``blip_rl/presets/<kind>``, sorted."""
+    return sorted(
+        p.name.removesuffix(".toml")
+        for p in preset_dir(kind).iterdir()
+        if p.name.endswith(".toml") and p.name not in exclude
+    )
 
 
 def json_safe(obj: Any) -> Any:

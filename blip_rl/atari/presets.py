@@ -16,7 +16,6 @@ import functools
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import ale_py
@@ -31,6 +30,7 @@ from blip_rl.atari.names import (
     resolve_game,
 )
 from blip_rl.errors import UsageError
+from blip_rl.files import preset_dir, preset_names
 
 __all__ = [
     "Preset",
@@ -42,13 +42,11 @@ __all__ = [
     "reference_source",
 ]
 
-_PRESET_PACKAGE = "blip_rl"
-_PRESET_DIR = ("presets", "envs")
 _SCORES_FILE = "scores.toml"
 
 
 def _preset_dir() -> Any:
-    return resources.files(_PRESET_PACKAGE).joinpath(*_PRESET_DIR)
+    return preset_dir("envs")
 
 
 def _read_toml(filename: str) -> dict[str, Any]:
@@ -59,12 +57,7 @@ def _read_toml(filename: str) -> dict[str, Any]:
 @functools.cache
 def list_presets() -> list[str]:
     """Names of the game-sequence presets shipped in ``envs/`` (without ``.toml``)."""
-    names = [
-        entry.name[: -len(".toml")]
-        for entry in _preset_dir().iterdir()
-        if entry.name.endswith(".toml") and entry.name != _SCORES_FILE
-    ]
-    return sorted(names)
+    return preset_names("envs", exclude=(_SCORES_FILE,))
 
 
 @dataclass(frozen=True)
