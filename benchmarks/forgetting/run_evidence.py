@@ -147,45 +147,31 @@ def main() -> None:
         if shared is not None and not shared.exists():
             print(f"[evidence] no {shared}: seed {seed} trains its own game 1", flush=True)
             shared = None
+        plan: list[tuple[Path, str, list[str]]] = []  # (run folder, agent, extra flags)
         for agent in agents:
             folder = seq_dir / f"{agent}-s{seed}-{args.steps}"
             source = source or folder
-            flags = list(args.extra)
-            if shared is not None:
-                flags = ["--from-checkpoint", str(shared), *flags]
-            failed += (
-                train(
-                    folder,
-                    games,
-                    agent,
-                    seed,
-                    args.steps,
-                    args.eval_every,
-                    args.eval_episodes,
-                    code,
-                    flags,
-                )
-                != 0
-            )
+            start = ["--from-checkpoint", str(shared)] if shared is not None else []
+            plan.append((folder, agent, [*start, *args.extra]))
         for agent in branches:
             assert source is not None
             ckpt = shared or source / "checkpoints" / "after-game-1.pt"
             folder = seq_dir / f"{agent}{args.tag}-s{seed}-{args.steps}"
             flags = ["--from-checkpoint", str(ckpt), *args.branch_flags.split(), *args.extra]
-            failed += (
-                train(
-                    folder,
-                    games,
-                    agent,
-                    seed,
-                    args.steps,
-                    args.eval_every,
-                    args.eval_episodes,
-                    code,
-                    flags,
-                )
-                != 0
+            plan.append((folder, agent, flags))
+        for folder, agent, flags in plan:
+            rc = train(
+                folder,
+                games,
+                agent,
+                seed,
+                args.steps,
+                args.eval_every,
+                args.eval_episodes,
+                code,
+                flags,
             )
+            failed += rc != 0
         if args.no_scratch:
             continue
         for game in games[1:]:
