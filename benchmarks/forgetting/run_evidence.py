@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from scan_games import protocol_flags  # same folder: the shared run protocol
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
@@ -60,23 +62,7 @@ def train(
             ",".join(games),
             "--agent",
             agent,
-            "--seed",
-            str(seed),
-            "--sticky-actions",
-            "0",
-            "--steps-per-game",
-            str(steps),
-            "--num-envs",
-            "8",
-            "--eval-every",
-            str(eval_every),
-            "--eval-episodes",
-            str(eval_episodes),
-            "--env-threads",
-            "1",
-            "--device",
-            "cpu",
-            "--no-progress",
+            *protocol_flags(seed, steps, eval_every, eval_episodes),
             "--runs-dir",
             str(folder.parent),
             "--run-name",

@@ -65,6 +65,22 @@ class Point:
     wall_s: float | None
 
 
+def protocol_flags(seed: int, steps: int, eval_every: int, eval_episodes: int) -> list[str]:
+    """The train flags every forgetting run here shares: sticky actions off, 8 envs, one
+    emulator thread, the CPU, no progress bar (the scan and the evidence runs use them alike)."""
+    return [
+        "--sticky-actions=0",
+        f"--steps-per-game={steps}",
+        f"--seed={seed}",
+        "--num-envs=8",
+        f"--eval-every={eval_every}",
+        f"--eval-episodes={eval_episodes}",
+        "--env-threads=1",
+        "--device=cpu",
+        "--no-progress",
+    ]
+
+
 def run_folder(runs_dir: Path, game: str, seed: int, steps: int) -> Path:
     """The run folder of one scan run."""
     return runs_dir / f"{game}-s{seed}-{steps}"
@@ -91,23 +107,7 @@ def train_one(
         game,
         "--agent",
         "finetune",
-        "--sticky-actions",
-        "0",
-        "--steps-per-game",
-        str(steps),
-        "--seed",
-        str(seed),
-        "--num-envs",
-        "8",
-        "--eval-every",
-        str(eval_every),
-        "--eval-episodes",
-        str(eval_episodes),
-        "--env-threads",
-        "1",
-        "--device",
-        "cpu",
-        "--no-progress",
+        *protocol_flags(seed, steps, eval_every, eval_episodes),
         "--runs-dir",
         str(runs_dir),
         "--run-name",
