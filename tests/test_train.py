@@ -110,6 +110,11 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+def _settled_files(run: Path) -> set[str]:
+    """Names under ``run``, without the temporary files of writes still in flight."""
+    return {p.name for p in run.rglob("*") if not p.name.endswith(".tmp")}
+
+
 def test_sigkill_then_resume(tmp_path: Path) -> None:
     run = tmp_path / "k"
     argv = [
@@ -138,7 +143,8 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
     try:
         assert _wait_for(in_second_game, 240), "no mid-game checkpoint in game 2"
         # While it trains, a second trainer on the same folder is refused and touches nothing.
-        before = sorted(p.name for p in run.rglob("*"))
+        # The live trainer's own atomic writes come and go (".name.XXXX.tmp"): leave them out.
+        before = _settled_files(run)
         code = subprocess.run(
             [sys.executable, "-m", "blip_rl.train", "--resume", str(run), "--no-progress"],
             capture_output=True,
@@ -149,7 +155,7 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
         err = code.stderr.strip().splitlines()
         assert len(err) == 1 and "in use by another training process" in err[0], err
         assert proc.poll() is None
-        assert set(before) <= {p.name for p in run.rglob("*")}
+        assert before <= _settled_files(run)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
