@@ -84,13 +84,7 @@ class TransferTimer(TorchFunctionMode):
         self.device = device
         self.seconds = 0.0
 
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         crossing = False
         if func is torch.Tensor.copy_ and len(args) >= 2:

@@ -16,6 +16,8 @@ finished run is kept, an unfinished one resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,15 @@ def _train(argv: list[str]) -> None:
     code = train_main(argv)
     if code != 0:
         raise SystemExit(code)
+
+
+def _check(argv: list[str]) -> int:
+    """Resolve ``argv`` as ``blip_rl.train --dry-run`` does, printing nothing but its one error
+    line; returns its exit code. Both runs are checked before either trains or writes."""
+    from blip_rl.train import main as train_main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return train_main([*argv, "--dry-run"])
 
 
 def _applicable(argv: list[str], agent: str) -> list[str]:
@@ -130,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         common.append("--no-progress")
     common += extra  # any other training flag, given to both runs (checked by blip_rl.train)
     root = Path(args.runs_dir) / (args.name or f"compare__{time.strftime('%Y%m%d-%H%M%S')}")
-    protected = _run(root / args.agent, [*common, "--agent", args.agent])
-    source = root / args.agent / "checkpoints" / "after-game-1.pt"
     branch = _applicable([a for a in common if a not in ("--games", args.games)], args.baseline)
+    for agent in (args.agent, args.baseline):
+        code = _check([*_applicable(common, agent), "--agent", agent])
+        if code != 0:
+            return code
+    protected = _run(root / args.agent, [*_applicable(common, args.agent), "--agent", args.agent])
+    source = root / args.agent / "checkpoints" / "after-game-1.pt"
     baseline = _run(
         root / args.baseline,
         [*branch, "--agent", args.baseline, "--from-checkpoint", str(source)],

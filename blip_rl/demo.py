@@ -10,12 +10,12 @@ after A, and A's loss stays close to its end-of-A value.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from blip_rl.errors import ArgumentParser, cli
 from blip_rl.fisher import estimate_fisher
 from blip_rl.quant import BlipLinear, attach, blip_stats, freeze
 
@@ -102,10 +102,9 @@ def run_two_tasks(use_blip: bool, seed: int = 0, epochs: int = 60) -> TwoTaskRes
     )
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m blip_rl.demo", description=__doc__.split("\n")[0]
-    )
+    parser = ArgumentParser(prog="python -m blip_rl.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print("Two supervised tasks, shared BLIP trunk, one head per task; train A, then B.\n")

@@ -44,7 +44,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from blip_rl.errors import UsageError, cli
+from blip_rl.errors import ArgumentParser, UsageError, cli
 from blip_rl.files import atomic_write, write_json
 from blip_rl.plots import plot_comparison, plot_curves, plot_matrix
 from blip_rl.report_tables import (
@@ -125,7 +125,7 @@ def compare_runs(runs: Sequence[RunData], out: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m blip_rl.report",
         description="Plots and tables from run folders (never trains). One run: matrix "
         "heatmap, curves and a Markdown summary in RUN/report/. Several runs: one comparison "

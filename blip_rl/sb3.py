@@ -41,7 +41,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -579,13 +579,18 @@ def _sample(policy: ActorCriticPolicy, obs: torch.Tensor, gen: torch.Generator) 
     return policy.get_distribution(obs).sample()  # pragma: no cover
 
 
+class FisherOptions(TypedDict, total=False):
+    """The keyword options of :func:`estimate_policy_fisher`, which :func:`freeze_policy` passes
+    through."""
+
+    n_states: int | None
+    value_fisher_coef: float
+    chunk_size: int
+    seed: int | None
+
+
 def freeze_policy(
-    model: BaseAlgorithm,
-    *,
-    n_states: int | None = None,
-    value_fisher_coef: float = 1.0,
-    chunk_size: int = 256,
-    seed: int | None = None,
+    model: BaseAlgorithm, **options: Unpack[FisherOptions]
 ) -> dict[str, torch.Tensor]:
     """End a task: estimate the Fisher from the model's rollout states and freeze bits.
 
@@ -596,13 +601,7 @@ def freeze_policy(
     Raises:
         UsageError: the policy has no BLIP layers, or no rollout exists yet.
     """
-    fisher = estimate_policy_fisher(
-        model,
-        n_states=n_states,
-        value_fisher_coef=value_fisher_coef,
-        chunk_size=chunk_size,
-        seed=seed,
-    )
+    fisher = estimate_policy_fisher(model, **options)
     _freeze_bits(model.policy, fisher)
     constrain_(model.policy)
     return fisher
@@ -663,7 +662,8 @@ class BlipFreezeCallback(BaseCallback):
     Args:
         freeze_on_end: freeze at the end of ``learn()`` (default). With ``False`` the callback
             only logs; call :func:`freeze_policy` yourself.
-        n_states, value_fisher_coef, chunk_size, seed: as in :func:`freeze_policy`.
+        n_states, value_fisher_coef, chunk_size, seed: keyword options of
+            :func:`estimate_policy_fisher` (:class:`FisherOptions`), used by the freeze.
         log_stats: record ``blip/<layer>/frozen_bits`` and ``blip/<layer>/frac_frozen`` after each
             rollout (written with SB3's next log dump) and after the freeze (dumped at once).
         verbose: 1 prints a line per freeze.
@@ -675,21 +675,15 @@ class BlipFreezeCallback(BaseCallback):
         self,
         freeze_on_end: bool = True,
         *,
-        n_states: int | None = None,
-        value_fisher_coef: float = 1.0,
-        chunk_size: int = 256,
-        seed: int | None = None,
         log_stats: bool = True,
         verbose: int = 0,
+        **fisher_options: Unpack[FisherOptions],
     ) -> None:
         super().__init__(verbose)
-        _check_n_states(n_states)
-        _check_value_fisher_coef(value_fisher_coef)
+        _check_n_states(fisher_options.get("n_states"))
+        _check_value_fisher_coef(fisher_options.get("value_fisher_coef", 1.0))
         self.freeze_on_end = freeze_on_end
-        self.n_states = n_states
-        self.value_fisher_coef = value_fisher_coef
-        self.chunk_size = chunk_size
-        self.seed = seed
+        self.fisher_options = fisher_options
         self.log_stats = log_stats
         self.fisher: dict[str, torch.Tensor] | None = None
 
@@ -706,13 +700,7 @@ class BlipFreezeCallback(BaseCallback):
     def _on_training_end(self) -> None:
         if not self.freeze_on_end:
             return
-        self.fisher = freeze_policy(
-            self.model,
-            n_states=self.n_states,
-            value_fisher_coef=self.value_fisher_coef,
-            chunk_size=self.chunk_size,
-            seed=self.seed,
-        )
+        self.fisher = freeze_policy(self.model, **self.fisher_options)
         if self.log_stats:
             record_blip_stats(self.logger, self.model.policy)
             self.logger.dump(self.num_timesteps)

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blip_rl.errors import UsageError, cli
+from blip_rl.errors import ArgumentParser, UsageError, cli
 from blip_rl.files import atomic_write
 from blip_rl.sweep_grid import (
     GridSpec,
@@ -71,7 +71,7 @@ _BAR = re.compile(r"game (\d+)/(\d+) (\S+?):\s*\d+%.*?\s(\d+)/(\d+) \[([^\]]*)\]
 # --------------------------------------------------------------------------------- the CLI
 def build_parser() -> argparse.ArgumentParser:
     """The sweep's argument parser."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m blip_rl.sweep",
         description="Run a grid of game sequences x agents x settings x seeds as blip_rl.train "
         "runs on Ray (this machine, or a cluster with --address), resumably, and end with one "

@@ -39,3 +39,21 @@ def test_compare_branches_prints_both_and_reruns_nothing(
 def test_compare_refuses_the_same_agent_twice(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--agent", "blip", "--baseline", "blip"]) == 2
     assert "both 'blip'" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--baseline", "nosuchagent"], "unknown agent preset 'nosuchagent'"),
+        (["--f-prior", "-1"], "--f-prior -1"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ],
+)
+def test_compare_checks_both_runs_before_training(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad flag of either run (the baseline's included, which trains second) is one line and
+    exit 2 before the first run trains or writes anything."""
+    assert main([*TINY, *argv, "--runs-dir", str(tmp_path), "--name", "c"]) == 2
+    assert needle in one_error_line(capsys)
+    assert not any(tmp_path.iterdir())

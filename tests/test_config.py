@@ -7,6 +7,7 @@ whether anything appeared in the runs folder.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import subprocess
@@ -189,3 +190,17 @@ def test_strict_json_has_null_for_nan(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse)
     assert data == {"a": None, "b": [1.0, None], "c": {"d": None}}
     assert json_safe((1.0, "x")) == [1.0, "x"]
+
+
+@pytest.mark.parametrize("module", ["train", "compare", "sweep", "report", "demo"])
+def test_every_cli_reports_a_bad_flag_in_one_line(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse's own errors (an unknown flag) are one ``error:`` line and exit 2 in every CLI,
+    not argparse's usage block."""
+    main = importlib.import_module(f"blip_rl.{module}").main
+    extra = ["RUN"] if module == "report" else []  # its one required argument
+    assert main([*extra, "--no-such-flag"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "--no-such-flag" in lines[0] and "--help" in lines[0], lines
