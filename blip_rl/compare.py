@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blip_rl.errors import ArgumentParser, UsageError, cli
+from blip_rl.errors import ArgumentParser, UsageError, add_switches, cli
 from blip_rl.files import read_json
 from blip_rl.plots import matrix_markdown
 
@@ -55,7 +55,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--name", default=None, help="folder under --runs-dir (default: dated)")
     parser.add_argument("--runs-dir", default="runs", help="parent folder (default runs)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_switches(parser, no_progress="no progress bars")
     return parser
 
 

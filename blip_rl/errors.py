@@ -16,7 +16,15 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-__all__ = ["USAGE_EXIT_CODE", "ArgumentParser", "CliMain", "UsageError", "cli", "run_cli"]
+__all__ = [
+    "USAGE_EXIT_CODE",
+    "ArgumentParser",
+    "CliMain",
+    "UsageError",
+    "add_switches",
+    "cli",
+    "run_cli",
+]
 
 USAGE_EXIT_CODE = 2
 """Exit code for bad user input (argparse uses the same one)."""
@@ -32,6 +40,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def add_switches(parser: argparse.ArgumentParser | argparse._ArgumentGroup, **helps: str) -> None:
+    """Add on/off flags (``action="store_true"``), one per keyword: ``dry_run="..."`` adds
+    ``--dry-run`` with that help."""
+    for name, text in helps.items():
+        parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=text)
 
 
 MainFn = Callable[[list[str] | None], int]

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blip_rl.errors import ArgumentParser, UsageError, cli
+from blip_rl.errors import ArgumentParser, UsageError, add_switches, cli
 from blip_rl.files import atomic_write
 from blip_rl.sweep_grid import (
     GridSpec,
@@ -143,13 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="restarts (with --resume) of a trial whose process died, per sweep command "
         "(default 3)",
     )
-    r.add_argument("--no-progress", action="store_true", help="no live progress lines")
-    r.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check the grid and list its trials, then exit without writing or running anything",
+    add_switches(
+        r,
+        no_progress="no live progress lines",
+        dry_run="check the grid and list its trials, then exit without writing or running anything",
+        list_grids="list the shipped grid files",
     )
-    r.add_argument("--list-grids", action="store_true", help="list the shipped grid files")
     return p
 
 

@@ -28,7 +28,7 @@ from blip_rl.config import (
     list_agents,
     load_agent,
 )
-from blip_rl.errors import ArgumentParser, UsageError, cli
+from blip_rl.errors import ArgumentParser, UsageError, add_switches, cli
 from blip_rl.files import RunLock
 from blip_rl.nets import NetConfig
 from blip_rl.ppo import PPOConfig
@@ -69,17 +69,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, FlagTable]:
         "after-game-K.pt): same games, it trains from game K+1 on, e.g. to compare methods "
         "from one shared state",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="resolve and print the full configuration, then exit without training",
-    )
-    parser.add_argument(
-        "--list-games", action="store_true", help="print every game that ale-py ships and exit"
-    )
-    parser.add_argument(
-        "--list-agents", action="store_true", help="print the agent presets and exit"
+    add_switches(
+        parser,
+        no_progress="no progress bars",
+        dry_run="resolve and print the full configuration, then exit without training",
+        list_games="print every game that ale-py ships and exit",
+        list_agents="print the agent presets and exit",
     )
     table = add_config_flags(parser)
     return parser, table
