@@ -1,0 +1,200 @@
+"""Learning parity: blip-rl's plain PPO against stable-baselines3's PPO on one game, per seed.
+
+Both learn the game alone for ``--steps`` env steps, with the same protocol and evaluation:
+
+* **ours**: ``python -m blip_rl.train --games GAME --agent finetune`` (the plain Nature-CNN
+  actor-critic, the CLI's PPO defaults, bf16 autocast) with the forgetting runs' protocol
+  (sticky actions off, minimal action set, 8 envs, one emulator thread, CPU), evaluated every
+  ``--eval-every`` steps by the CLI;
+* **SB3**: ``PPO("CnnPolicy")`` with rl-baselines3-zoo's Atari hyper-parameters (8 envs x 128
+  steps, 4 epochs, minibatch 256, learning rate 2.5e-4 and clip range 0.1 both annealed
+  linearly, entropy 0.01, value 0.5), on :func:`blip_rl.sb3.make_sb3_atari_env` with the same
+  protocol (SB3's ``AtariWrapper``: FIRE on reset, life loss ends a training episode, clipped
+  rewards), evaluated at the same steps.
+* **Evaluation** (both): whole games, all lives, raw score, sampled actions, ``--eval-episodes``
+  episodes (SB3: ``evaluate_policy`` on an evaluation env whose ``Monitor`` sees whole games).
+
+Each run writes ``<out>/<game>-<impl>-s<seed>.json`` (the curve, rewritten after each
+evaluation; a finished run is skipped on a rerun), then ``<out>/<game>.md`` tabulates both
+curves: mean over seeds with a 95% percentile bootstrap CI of the mean (2000 resamples)::
+
+    OMP_NUM_THREADS=1 python benchmarks/parity.py --game breakout --seeds 1,2,3 --steps 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blip_rl.files import atomic_write, read_json, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+IMPLS = ("ours", "sb3")
+
+
+def run_ours(game: str, seed: int, args: argparse.Namespace) -> list[dict[str, float]]:
+    """Train with the CLI in a temporary run folder; the curve from its ``evals.csv``."""
+    with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "blip_rl.train",
+            f"--games={game}",
+            "--agent=finetune",
+            "--sticky-actions=0",
+            f"--steps-per-game={args.steps}",
+            f"--seed={seed}",
+            "--num-envs=8",
+            f"--eval-every={args.eval_every}",
+            f"--eval-episodes={args.eval_episodes}",
+            "--env-threads=1",
+            "--device=cpu",
+            "--no-progress",
+            f"--runs-dir={tmp}",
+            "--run-name=run",
+        ]
+        subprocess.run(cmd, check=True, cwd=REPO)
+        with open(Path(tmp) / "run" / "evals.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    return [{"step": float(r["global_step"]), "return": float(r["return"])} for r in rows]
+
+
+def run_sb3(game: str, seed: int, args: argparse.Namespace) -> list[dict[str, float]]:
+    """rl-zoo's PPO on the same protocol, evaluated every ``eval_every`` env steps."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from blip_rl.sb3 import make_sb3_atari_env
+
+    torch.set_num_threads(1)
+    env_kw: dict[str, Any] = {"full_action_space": False, "sticky_actions": 0.0}
+    env = make_sb3_atari_env(game, 8, seed=seed, **env_kw)
+    eval_env = make_sb3_atari_env(game, 8, seed=seed + 10_000, evaluation=True, **env_kw)
+    curve: list[dict[str, float]] = []
+
+    def evaluate(step: int, model: Any) -> None:
+        returns, _ = evaluate_policy(
+            model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=False,
+            return_episode_rewards=True,
+        )  # fmt: skip
+        curve.append({"step": float(step), "return": float(np.mean(returns))})
+        print(f"[parity] sb3 {game} s{seed} {step}: {curve[-1]['return']:.2f}", flush=True)
+
+    class Every(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.next = args.eval_every
+
+        def _on_step(self) -> bool:
+            if args.eval_every and self.num_timesteps >= self.next:
+                evaluate(self.num_timesteps, self.model)
+                self.next += args.eval_every
+            return True
+
+    model = PPO(
+        "CnnPolicy",
+        env,
+        n_steps=128,
+        batch_size=256,
+        n_epochs=4,
+        learning_rate=lambda f: 2.5e-4 * f,
+        clip_range=lambda f: 0.1 * f,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    model.learn(args.steps, callback=Every())
+    if not curve or curve[-1]["step"] < model.num_timesteps:
+        evaluate(model.num_timesteps, model)
+    return curve
+
+
+def _ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    means = rng.choice(values, size=(2000, len(values)), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
+    """Both curves at the evaluation points: mean [95% CI] over seeds, and each seed."""
+    rng = np.random.default_rng(0)
+    curves: dict[str, dict[int, list[dict[str, float]]]] = {impl: {} for impl in IMPLS}
+    for impl in IMPLS:
+        for s in seeds:
+            path = out / f"{game}-{impl}-s{s}.json"
+            if path.is_file():
+                curves[impl][s] = read_json(path)["curve"]
+    lines = [
+        f"# Learning parity on {game}",
+        "",
+        f"Generated by `benchmarks/parity.py` (seeds {', '.join(map(str, seeds))}). Return of "
+        "whole games (raw score, sampled actions); mean over seeds [95% bootstrap CI]; the "
+        "evaluation nearest each step (within 5%).",
+        "",
+        "| env steps | ours (plain PPO) | SB3 PPO | ours per seed | SB3 per seed |",
+        "|---|---|---|---|---|",
+    ]
+    steps = [c["step"] for cs in curves.values() for v in cs.values() for c in v]
+    points = sorted({round(x / eval_every) * eval_every for x in steps})
+    for step in points:
+        cells, per_seed = [], []
+        for impl in IMPLS:
+            vals = []
+            for s, curve in curves[impl].items():
+                near = [c["return"] for c in curve if abs(c["step"] - step) <= 0.05 * step]
+                if near:
+                    vals.append((s, near[0]))
+            arr = np.array([v for _, v in vals])
+            lo, hi = _ci(arr, rng)
+            cells.append(
+                f"{arr.mean():.2f} [{lo:.2f}, {hi:.2f}] (n={len(arr)})" if len(arr) else "-"
+            )
+            per_seed.append(", ".join(f"s{s} {v:.1f}" for s, v in vals) or "-")
+        lines.append(f"| {step} | {cells[0]} | {cells[1]} | {per_seed[0]} | {per_seed[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--game", default="breakout")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--steps", type=int, default=200_000)
+    ap.add_argument("--eval-every", type=int, default=50_000)
+    ap.add_argument("--eval-episodes", type=int, default=16)
+    ap.add_argument("--impls", default="ours,sb3", help="which to run: ours, sb3 or both")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "parity")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for seed in seeds:
+        for impl in args.impls.split(","):
+            path = args.out / f"{args.game}-{impl}-s{seed}.json"
+            if path.is_file():
+                continue
+            t0 = time.perf_counter()
+            curve = (run_ours if impl == "ours" else run_sb3)(args.game, seed, args)
+            seconds = time.perf_counter() - t0
+            write_json(path, {"game": args.game, "impl": impl, "seed": seed, "curve": curve,
+                              "steps": args.steps, "seconds": seconds})  # fmt: skip
+            print(f"[parity] {impl} {args.game} s{seed}: {seconds:.0f} s, {curve}", flush=True)
+            md = table(args.game, args.out, seeds, args.eval_every)
+            atomic_write(args.out / f"{args.game}.md", md.encode())
+    print(table(args.game, args.out, seeds, args.eval_every))
+
+
+if __name__ == "__main__":
+    main()
