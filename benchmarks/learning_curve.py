@@ -12,9 +12,6 @@ curve so far).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,16 +21,9 @@ import torch
 
 import blip_rl
 from blip_rl.atari import evaluate, make_train_envs, reference_scores
+from blip_rl.files import write_json
 from blip_rl.nets import ActorCritic, NetConfig
 from blip_rl.ppo import PPO, IterationResult, PPOConfig
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main() -> None:
