@@ -107,9 +107,10 @@ def main() -> None:
         "--game1-from",
         default="",
         help="a run folder template with {seed}, e.g. "
-        "'runs/forgetting/evidence/krull-freeway/blip-s{seed}-100000': every agent of that seed "
-        "branches from its after-game-1.pt (same first game, any later games), so game 1 is "
-        "reused across sequences; a seed without it trains game 1 as usual",
+        "'runs/forgetting/other/krull-boxing/blip-s{seed}-100000': every agent of that seed "
+        "branches from its after-game-1.pt, so game 1 is reused across plans; the source must "
+        "have the same games (blip_rl.train refuses a branch into other later games); a seed "
+        "without it trains game 1 as usual",
     )
     ap.add_argument("--tag", default="", help="suffix of the branch runs' folder names")
     ap.add_argument("extra", nargs="*", help="more CLI flags for every sequence run (after --)")
