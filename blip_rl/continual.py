@@ -94,12 +94,34 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+BLIP_STATE_SUFFIXES = ("_bits", "_prefix", "_fisher", "freezes")
+"""Buffer names of what BLIP's freezes wrote (frozen-bit counts and prefixes, running Fisher)."""
+
+
+def is_trained_point(ckpt: dict[str, Any]) -> bool:
+    """Whether ``ckpt`` is a ``trained-game-K.pt`` checkpoint: game K trained, its end-of-game
+    step (BLIP's freeze, EWC's Fisher, PackNet's pruning) not run yet."""
+    p = ckpt["progress"]
+    return bool(p.get("game_trained")) and not p.get("game_done")
+
+
+def main_steps(config: RunConfig) -> int:
+    """Env steps of a game's main training: the budget less what the method reserves for its
+    end-of-game step (PackNet's retraining), keeping at least one rollout."""
+    reserved = int(
+        METHODS[config.method](config.method_config).reserved_steps(config.steps_per_game)
+    )
+    batch = config.ppo.batch_size
+    return config.steps_per_game - min(max(reserved, 0), max(config.steps_per_game - batch, 0))
+
+
 def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
     """UsageError unless a run with ``config`` can start from the after-game checkpoint
     ``source`` (``--from-checkpoint``): the same first games, protocol and evaluation, and a
     method that can take over the source's state (the same method, or ``finetune``)."""
     src = RunConfig.from_json(source["config"])
-    done = source["progress"]["game_index"] + 1
+    trained = is_trained_point(source)
+    done = source["progress"]["game_index"] + (0 if trained else 1)  # games the source ended
     where = f"--from-checkpoint {config.branched_from}"
     if config.games != src.games or len(config.games) <= done:
         # Same games: the source's matrix rows and curves (every game of the sequence is
@@ -108,17 +130,43 @@ def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
             f"{where}: a branch plays the source run's games ({', '.join(src.games)}) and needs "
             f"at least one left after game {done} ({', '.join(config.games)} given)"
         )
-    if config.method not in (src.method, "finetune"):
+    if config.method not in (src.method, "finetune") and done > 0:
         raise UsageError(
             f"{where}: method {config.method} cannot continue a {src.method} run (its state "
             f"after game {done} is missing); use an agent of method {src.method} or finetune"
         )
+    if trained:
+        # The branch runs its own end-of-game step on the source's training of that game, so
+        # the game's main training must have been the branch's too.
+        if main_steps(config) != main_steps(src):
+            raise UsageError(
+                f"{where}: this agent trains game {done + 1} for {main_steps(config)} env steps "
+                f"before its end-of-game step, the source for {main_steps(src)}; a branch from "
+                "trained-game-K.pt needs the same (same --steps-per-game, and a method that "
+                "reserves the same steps)"
+            )
+        for name in ("num_envs", "num_steps"):
+            if getattr(config.ppo, name) != getattr(src.ppo, name):
+                raise UsageError(f"{where}: {name} differs from the source run's")
     for name in ("atari", "eval_episodes", "shared_head", "seed"):
         if getattr(config, name) != getattr(src, name):
             raise UsageError(
                 f"{where}: {name} differs from the source run's ({getattr(src, name)!r}); "
                 "a branch keeps it so that its matrix rows compare"
             )
+    bit_settings = (src.net.max_bits, src.net.f_prior)
+    if (
+        config.net.blip
+        and src.net.blip
+        and (config.net.max_bits, config.net.f_prior) != bit_settings
+        and not (trained and done == 0)
+    ):
+        # Frozen bits and the running-mean Fisher (seeded with the prior) are carried over
+        # after a game; before the first freeze (trained-game-1.pt) nothing is, so they may differ.
+        raise UsageError(
+            f"{where}: max_bits and f_prior {bit_settings} are fixed once a game was frozen; "
+            "to compare other values, branch from the source's trained-game-1.pt"
+        )
     shapes = (src.net.channels, src.net.hidden)
     if (config.net.channels, config.net.hidden) != shapes:
         raise UsageError(f"{where}: the network shape differs from the source run's {shapes}")
@@ -132,6 +180,9 @@ class _Progress:
     global_step: int = 0
     game_done: bool = False
     """The game at ``game_index`` is finished (frozen, evaluated)."""
+    game_trained: bool = False
+    """The main training of the game at ``game_index`` is over; the method's end-of-game step
+    (BLIP's freeze, EWC's Fisher, PackNet's pruning) comes next."""
     next_eval: int = 0
     next_checkpoint: int = 0
     wall_time: float = 0.0
@@ -205,6 +256,7 @@ class ContinualRun:
             self._restore(checkpoint)
         elif branch is not None:
             self._branch(branch)
+        self._started, self._wall0 = time.perf_counter(), self.progress.wall_time
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -241,6 +293,10 @@ class ContinualRun:
         missing = [k for k, v in self.net.named_parameters() if k not in src]
         if missing:
             raise UsageError(f"--from-checkpoint: the source network has no {missing[0]}")
+        trained = is_trained_point(ckpt)
+        if trained and ckpt["progress"]["game_index"] == 0:
+            # Nothing was frozen yet: the branch's own BLIP state (seeded with its own prior).
+            own = {k: v for k, v in own.items() if not k.endswith(BLIP_STATE_SUFFIXES)}
         try:
             self.net.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
         except RuntimeError as exc:
@@ -252,16 +308,23 @@ class ContinualRun:
             game_index=p["game_index"],
             step_in_game=p["step_in_game"],
             global_step=p["global_step"],
-            game_done=True,
+            game_done=not trained,
+            game_trained=trained,
             next_eval=p["next_eval"],
             next_checkpoint=p["next_checkpoint"],
         )
+        if trained:  # the game's training is over: its PPO state, so none is trained again
+            self.ppo_state = ckpt["ppo"]
         self.history = _History(
             evals=list(ckpt["evals"]),
             matrix=[list(r) for r in ckpt["matrix"]],
             after_game=list(ckpt.get("after_game", [])),
         )
         self._branched = True
+
+    def _ppo_state(self, ppo: PPO | None) -> dict[str, Any] | None:
+        """The learner's state, or the restored one that no learner has taken yet."""
+        return ppo.state_dict() if ppo is not None else self.ppo_state
 
     def checkpoint(self, ppo: PPO | None, name: str | None = None) -> None:
         """Write ``checkpoints/latest.pt`` (and ``checkpoints/<name>``), atomically."""
@@ -271,7 +334,7 @@ class ContinualRun:
             "config": self.cfg.to_json(),
             "progress": asdict(self.progress),
             "net": self.net.state_dict(),
-            "ppo": ppo.state_dict() if ppo is not None and not self.progress.game_done else None,
+            "ppo": None if self.progress.game_done else self._ppo_state(ppo),
             "method": self.method.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -474,6 +537,7 @@ class ContinualRun:
             for k in range(first, len(self.games)):
                 if prog.game_done:
                     prog.game_index, prog.step_in_game, prog.game_done = k, 0, False
+                    prog.game_trained = False
                 self._train_game(k)
             summary = self._summary(self._wall())
             log.scalars(
@@ -495,24 +559,20 @@ class ContinualRun:
         batch = self.ppo_config.batch_size
         envs = atari.make_train_envs(game, self.ppo_config.num_envs, None, self.atari_config)
         try:
-            # The main training keeps at least one rollout; a method asking for more than the
-            # rest (tiny budgets) gets the rest.
-            reserved = int(self.method.reserved_steps(cfg.steps_per_game))
-            reserved = min(max(reserved, 0), max(cfg.steps_per_game - batch, 0))
-            main_steps = cfg.steps_per_game - reserved
+            train_steps = main_steps(cfg)
             ppo = PPO(
                 self.net,
                 envs,
                 self.ppo_config,
                 head=head,
-                total_steps=main_steps,
+                total_steps=train_steps,
                 device=self.device,
                 extra_loss=lambda: self.method.extra_loss(ctx),
             )
             if self.ppo_state is not None and prog.step_in_game > 0:
                 ppo.load_state_dict(self.ppo_state)
             self.ppo_state = None
-            main_end = -(-main_steps // batch) * batch  # whole rollouts
+            main_end = -(-train_steps // batch) * batch  # whole rollouts
             keeper = KeepFisherStates(self.method.states_to_keep(), main_end)
             ctx = GameContext(
                 net=self.net,
@@ -538,7 +598,10 @@ class ContinualRun:
             self.method.before_game(ctx)
             ppo.reset_envs(seed=cfg.seed * 1000 + 100 * k + prog.resumes)
             with bar:
-                ppo.train(main_steps - ppo.global_step, callback=self._callback(ctx, main))
+                ppo.train(train_steps - ppo.global_step, callback=self._callback(ctx, main))
+                # A branch point: other settings of the end-of-game step start from here.
+                prog.game_trained = True
+                self.checkpoint(ppo, name=f"trained-game-{k + 1}.pt")
                 scalars = self.method.after_game(ctx)
             self._log_method(scalars)
             row = self.evaluate_all(after_game=k)

@@ -65,9 +65,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, FlagTable]:
         "--from-checkpoint",
         default=None,
         metavar="CKPT",
-        help="start a new run from another run's after-game checkpoint (RUN/checkpoints/"
-        "after-game-K.pt): same games, it trains from game K+1 on, e.g. to compare methods "
-        "from one shared state",
+        help="start a new run from another run's checkpoint: after-game-K.pt (it trains from "
+        "game K+1 on, e.g. to compare methods from one shared state) or trained-game-K.pt "
+        "(game K trained, before the method's end-of-game step: BLIP's freeze with other "
+        "settings, or another method from game 1); same games",
     )
     add_switches(
         parser,
@@ -207,15 +208,15 @@ def _lock(run_dir: Path) -> RunLock:
 
 def _branch_source(args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint of ``--from-checkpoint``; its run's games become the default ``--games``."""
-    from blip_rl.continual import load_checkpoint
+    from blip_rl.continual import is_trained_point, load_checkpoint
 
     if args.resume:
         raise UsageError("--from-checkpoint starts a new run; it cannot be combined with --resume")
     ckpt = load_checkpoint(Path(args.from_checkpoint))
-    if not ckpt["progress"].get("game_done"):
+    if not ckpt["progress"].get("game_done") and not is_trained_point(ckpt):
         raise UsageError(
-            f"--from-checkpoint {args.from_checkpoint}: not an after-game checkpoint; use "
-            "RUN/checkpoints/after-game-K.pt"
+            f"--from-checkpoint {args.from_checkpoint}: not a branch point; use "
+            "RUN/checkpoints/after-game-K.pt or RUN/checkpoints/trained-game-K.pt"
         )
     if args.games is None:
         args.games = ckpt["config"]["games_spec"]

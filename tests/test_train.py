@@ -81,6 +81,57 @@ def test_two_games_end_to_end(tmp_path: Path, capsys) -> None:
     assert "plays the source run's games" in capsys.readouterr().err
 
 
+def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, capsys) -> None:
+    """``trained-game-K.pt`` is game K trained but not yet frozen: branches from it freeze with
+    their own prior (or run another method's end-of-game step) without training game K again."""
+    argv = [*TINY, *BLIP, "--steps-per-game", "128", "--eval-every", "0"]
+    assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "src"]) == 0
+    ckpts = tmp_path / "src" / "checkpoints"
+    trained = load_checkpoint(ckpts / "trained-game-1.pt")
+    assert trained["progress"]["game_trained"] and not trained["progress"]["game_done"]
+    assert trained["ppo"] is not None and trained["matrix"] == []
+    bits = [k for k in trained["net"] if k.endswith("_bits")]
+    assert bits and all(int(trained["net"][k].sum()) == 0 for k in bits)  # nothing frozen yet
+
+    def branch(name: str, *flags: str, source: str = "trained-game-1.pt") -> int:
+        src = ["--from-checkpoint", str(ckpts / source), "--run-name", name]
+        return main([*argv, *src, *flags, "--runs-dir", str(tmp_path)])
+
+    mean_bits = {}
+    for prior in ("5e-12", "5e-24"):
+        assert branch(f"p{prior}", "--f-prior", prior) == 0
+        summary = json.loads((tmp_path / f"p{prior}" / "summary.json").read_text())
+        assert summary["global_steps"] == 256 and len(summary["metrics"]["matrix"]) == 2
+        mean_bits[prior] = summary["after_game"][0]["mean_bits"]
+    assert mean_bits["5e-24"] > mean_bits["5e-12"] + 3  # each 100x of the prior: 2-3 bits
+    # Another method's end-of-game step on the same game-1 training (nothing protected yet).
+    assert branch("ewc", "--agent", "ewc") == 0
+    ewc = json.loads((tmp_path / "ewc" / "summary.json").read_text())
+    assert ewc["method"] == "ewc" and ewc["global_steps"] == 256
+    capsys.readouterr()
+    # Refused: another method after a protected game, another training budget (PackNet
+    # reserves steps), a new prior once bits are frozen.
+    assert branch("x1", "--agent", "ewc", source="trained-game-2.pt") == 2
+    assert "cannot continue a blip run" in one_error_line(capsys)
+    assert branch("x2", "--agent", "packnet", "--fisher-states", "0") == 2
+    capsys.readouterr()
+    flags = [a for a in argv if a not in BLIP]
+    src = ["--from-checkpoint", str(ckpts / "trained-game-1.pt"), "--agent", "packnet"]
+    assert main([*flags, *src, "--run-name", "x2", "--runs-dir", str(tmp_path)]) == 2
+    assert "before its end-of-game step" in one_error_line(capsys)
+    assert branch("x3", "--f-prior", "5e-12", source="after-game-1.pt") == 2
+    assert "trained-game-1.pt" in one_error_line(capsys)
+    assert not any((tmp_path / n).exists() for n in ("x1", "x2", "x3"))
+    # A branch killed before it trained keeps the source's PPO state in its first checkpoint,
+    # so a resume does not train game 1 again.
+    config = RunConfig.from_json(json.loads((tmp_path / "ewc" / "config.json").read_text()))
+    run = ContinualRun(tmp_path / "y", config, progress=False, branch=trained)
+    (tmp_path / "y" / "checkpoints").mkdir(parents=True)
+    run.checkpoint(None)
+    first = load_checkpoint(tmp_path / "y" / "checkpoints" / "latest.pt")
+    assert first["ppo"]["global_step"] == 128 and first["progress"]["game_trained"]
+
+
 def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
     argv = [*TINY, "--games", "breakout", "--agent", "finetune", "--steps-per-game", "64"]
     argv += ["--shared-head", "--eval-every", "0"]
