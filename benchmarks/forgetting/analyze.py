@@ -216,11 +216,16 @@ def read_run(path: str | Path) -> Run:
     data = load_run(path)
     # A branch (--from-checkpoint) names its source run; seeds of one agent branch from
     # different sources but belong to one group.
+    source = str(data.config.get("branched_from") or "")
     data.config = {k: v for k, v in data.config.items() if k != "branched_from"}
     # Fine-tuning on the BLIP network (an ablation: BLIP without the freezing) is its own group.
     net = data.config.get("net")
     if isinstance(net, dict) and net.get("blip") and data.method != "blip":
         data.config["agent"] = f"{data.agent}@blipnet"
+    # A branch from trained-game-K.pt ran its own end-of-game step on the source's training;
+    # its Fisher states were played anew, so it is compared with other such branches only.
+    if Path(source).name.startswith("trained-game-"):
+        data.config["agent"] = f"{data.config['agent']}@branch"
     k = len(data.games)
     rets = episode_returns(Path(path))
     se = np.full((len(data.matrix), k), math.nan)
@@ -252,6 +257,8 @@ class GroupResult:
     final_normalized: np.ndarray
     aggregates: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     means: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    mean_bits: float = math.nan
+    """BLIP: the mean frozen bits per parameter after game 1, over the runs (NaN otherwise)."""
 
 
 def scratch_scores(
@@ -325,6 +332,8 @@ def analyze_group(
         plasticity=arr["plasticity"],
         final_normalized=arr["norm"],
     )
+    bits = [((r.data.summary or {}).get("after_game") or [{}])[0].get("mean_bits") for r in runs]
+    res.mean_bits = finite_mean(np.array([math.nan if b is None else b for b in bits], float))
     quantities = {
         "forgetting": res.forgetting,
         "retention": 1 - res.forgetting,
@@ -412,8 +421,8 @@ def aggregate_markdown(results: Sequence[GroupResult]) -> str:
     lines = [
         "| sequence | group | runs | forgetting IQM [CI] | retention IQM [CI] "
         "| plasticity IQM [CI] | avg final norm IQM [CI] | forgetting mean [CI] "
-        "| plasticity mean [CI] |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| plasticity mean [CI] | bits frozen after game 1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         a, m = r.aggregates, r.means
@@ -422,7 +431,7 @@ def aggregate_markdown(results: Sequence[GroupResult]) -> str:
             f"| {_ci(a['forgetting'])} (n={_n(r.forgetting)}) | {_ci(a['retention'])} "
             f"| {_ci(a['plasticity'])} (n={_n(r.plasticity)}) "
             f"| {_ci(a['avg_final_normalized'])} "
-            f"| {_ci(m['forgetting'])} | {_ci(m['plasticity'])} |"
+            f"| {_ci(m['forgetting'])} | {_ci(m['plasticity'])} | {_f(r.mean_bits)} |"
         )
     return "\n".join(lines)
 
@@ -551,6 +560,7 @@ def _to_json(res: GroupResult) -> dict[str, Any]:
         "final_normalized": arr(res.final_normalized),
         "iqm_ci": {k: list(v) for k, v in res.aggregates.items()},
         "mean_ci": {k: list(v) for k, v in res.means.items()},
+        "mean_bits": None if math.isnan(res.mean_bits) else res.mean_bits,
     }
 
 
