@@ -123,12 +123,20 @@ def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
     trained = is_trained_point(source)
     done = source["progress"]["game_index"] + (0 if trained else 1)  # games the source ended
     where = f"--from-checkpoint {config.branched_from}"
-    if config.games != src.games or len(config.games) <= done:
+    if done == 0:
+        # Before game 1's end-of-game step no matrix row exists yet: the later games are free.
+        if config.games[:1] != src.games[:1]:
+            raise UsageError(
+                f"{where}: a branch from trained-game-1.pt starts with the source run's first "
+                f"game ({src.games[0]}), not {config.games[0]}"
+            )
+    elif config.games != src.games or len(config.games) <= done:
         # Same games: the source's matrix rows and curves (every game of the sequence is
         # evaluated after every game) are the branch's own first rows.
         raise UsageError(
             f"{where}: a branch plays the source run's games ({', '.join(src.games)}) and needs "
-            f"at least one left after game {done} ({', '.join(config.games)} given)"
+            f"at least one left after game {done} ({', '.join(config.games)} given); other "
+            "later games can start from the source's trained-game-1.pt"
         )
     if config.method not in (src.method, "finetune") and done > 0:
         raise UsageError(
@@ -290,18 +298,27 @@ class ContinualRun:
         history and the position; a fresh schedule of evaluations and checkpoints."""
         own = self.net.state_dict()
         src = ckpt["net"]
-        missing = [k for k, v in self.net.named_parameters() if k not in src]
+        # Before game 1's end-of-game step (trained-game-1.pt) nothing is protected and only
+        # the trunk and game 1's heads were trained: the rest (BLIP state seeded with the
+        # branch's own prior, the heads of the branch's later games, the method's state) is
+        # the branch's own.
+        trained = is_trained_point(ckpt)
+        first = trained and ckpt["progress"]["game_index"] == 0
+        if first:
+            head = f".{self.head_of[0]}."
+            own = {
+                k: v
+                for k, v in own.items()
+                if not k.endswith(BLIP_STATE_SUFFIXES) and (not k.startswith("heads.") or head in k)
+            }
+        missing = [k for k, _ in self.net.named_parameters() if k in own and k not in src]
         if missing:
             raise UsageError(f"--from-checkpoint: the source network has no {missing[0]}")
-        trained = is_trained_point(ckpt)
-        if trained and ckpt["progress"]["game_index"] == 0:
-            # Nothing was frozen yet: the branch's own BLIP state (seeded with its own prior).
-            own = {k: v for k, v in own.items() if not k.endswith(BLIP_STATE_SUFFIXES)}
         try:
             self.net.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
         except RuntimeError as exc:
             raise UsageError(f"--from-checkpoint: {str(exc).splitlines()[0][:160]}") from None
-        if ckpt["config"].get("method") == self.cfg.method:
+        if ckpt["config"].get("method") == self.cfg.method and not first:
             self.method.load_state_dict(ckpt["method"])
         p = ckpt["progress"]
         self.progress = _Progress(
@@ -314,9 +331,11 @@ class ContinualRun:
             next_checkpoint=p["next_checkpoint"],
         )
         if trained:  # the game's training is over: its PPO state, so none is trained again
-            self.ppo_state = ckpt["ppo"]
-        self.history = _History(
-            evals=list(ckpt["evals"]),
+            self.ppo_state = dict(ckpt["ppo"])
+            if ckpt["config"]["games"] != self.cfg.games:  # other heads: other Adam moments
+                del self.ppo_state["optimizer"]
+        self.history = _History(  # the curves of the branch's games
+            evals=[e for e in ckpt["evals"] if e["game"] in self.eval_names],
             matrix=[list(r) for r in ckpt["matrix"]],
             after_game=list(ckpt.get("after_game", [])),
         )

@@ -649,7 +649,8 @@ class PPO:
                 raise ValueError(
                     f"PPO state has {key}={saved[key]}, this learner {getattr(self.config, key)}"
                 )
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # without it (a branch into other games): fresh moments
+            self.optimizer.load_state_dict(state["optimizer"])
         self.global_step = int(state["global_step"])
         self.updates = int(state["updates"])
         self.total_steps = int(state["total_steps"])

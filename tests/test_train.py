@@ -104,11 +104,20 @@ def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, ca
         assert summary["global_steps"] == 256 and len(summary["metrics"]["matrix"]) == 2
         mean_bits[prior] = summary["after_game"][0]["mean_bits"]
     assert mean_bits["5e-24"] > mean_bits["5e-12"] + 3  # each 100x of the prior: 2-3 bits
-    # Another method's end-of-game step on the same game-1 training (nothing protected yet).
-    assert branch("ewc", "--agent", "ewc") == 0
+    # Another method's end-of-game step on the same game-1 training (nothing protected yet),
+    # here followed by other later games: game 1 trained once serves several sequences.
+    assert branch("ewc", "--agent", "ewc", "--games", "pong,freeway,boxing") == 0
     ewc = json.loads((tmp_path / "ewc" / "summary.json").read_text())
-    assert ewc["method"] == "ewc" and ewc["global_steps"] == 256
+    assert ewc["method"] == "ewc" and ewc["global_steps"] == 384
+    assert ewc["games"] == ["pong", "freeway", "boxing"]
+    assert [len(r) for r in ewc["metrics"]["matrix"]] == [3, 3, 3]
+    mine = load_checkpoint(tmp_path / "ewc" / "checkpoints" / "trained-game-1.pt")["net"]
+    trunk = [k for k in trained["net"] if k.startswith("trunk.") and k.endswith("weight")]
+    assert trunk and all(torch.equal(mine[k], trained["net"][k]) for k in trunk)
+    assert torch.equal(mine["heads.policy.0.weight"], trained["net"]["heads.policy.0.weight"])
     capsys.readouterr()
+    assert branch("x0", "--games", "breakout,pong") == 2
+    assert "starts with the source run's first game (pong)" in one_error_line(capsys)
     # Refused: another method after a protected game, another training budget (PackNet
     # reserves steps), a new prior once bits are frozen.
     assert branch("x1", "--agent", "ewc", source="trained-game-2.pt") == 2
@@ -121,7 +130,7 @@ def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, ca
     assert "before its end-of-game step" in one_error_line(capsys)
     assert branch("x3", "--f-prior", "5e-12", source="after-game-1.pt") == 2
     assert "trained-game-1.pt" in one_error_line(capsys)
-    assert not any((tmp_path / n).exists() for n in ("x1", "x2", "x3"))
+    assert not any((tmp_path / n).exists() for n in ("x0", "x1", "x2", "x3"))
     # A branch killed before it trained keeps the source's PPO state in its first checkpoint,
     # so a resume does not train game 1 again.
     config = RunConfig.from_json(json.loads((tmp_path / "ewc" / "config.json").read_text()))
@@ -130,6 +139,7 @@ def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, ca
     run.checkpoint(None)
     first = load_checkpoint(tmp_path / "y" / "checkpoints" / "latest.pt")
     assert first["ppo"]["global_step"] == 128 and first["progress"]["game_trained"]
+    assert "optimizer" not in first["ppo"]  # other games, other heads: fresh Adam moments
 
 
 def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
