@@ -107,10 +107,11 @@ def main() -> None:
         "--game1-from",
         default="",
         help="a run folder template with {seed}, e.g. "
-        "'runs/forgetting/other/krull-boxing/blip-s{seed}-100000': every agent of that seed "
-        "branches from its after-game-1.pt, so game 1 is reused across plans; the source must "
-        "have the same games (blip_rl.train refuses a branch into other later games); a seed "
-        "without it trains game 1 as usual",
+        "'runs/forgetting/evidence/krull-boxing/blip-s{seed}-100000': every agent of that seed "
+        "branches from its trained-game-1.pt (game 1 trained, not yet frozen) and runs its own "
+        "end-of-game step, so one game 1 serves every agent and every sequence with that first "
+        "game (the analysis groups these runs as '@branch'); a seed without it trains game 1 "
+        "as usual",
     )
     ap.add_argument("--tag", default="", help="suffix of the branch runs' folder names")
     ap.add_argument("extra", nargs="*", help="more CLI flags for every sequence run (after --)")
@@ -127,7 +128,7 @@ def main() -> None:
     for seed in seeds:
         source: Path | None = None
         shared = (
-            Path(args.game1_from.format(seed=seed)).resolve() / "checkpoints" / "after-game-1.pt"
+            Path(args.game1_from.format(seed=seed)).resolve() / "checkpoints" / "trained-game-1.pt"
             if args.game1_from
             else None
         )
