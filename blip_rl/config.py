@@ -68,6 +68,20 @@ RUN_FLAG_FIELDS = (
 )
 """Top-level :class:`RunConfig` fields that are flags (and may be set by an agent's ``[run]``)."""
 
+OUTCOME_NEUTRAL_FIELDS = (
+    "device",
+    "torch_threads",
+    "checkpoint_every",
+    "capture_video",
+    "video_max_frames",
+    "track",
+    "wandb_project",
+    "wandb_entity",
+    "branched_from",
+)
+"""Top-level fields that change where and how a run is watched, not what it learns: runs that
+differ only in these (and the seed) are one group in a comparison."""
+
 _SECTIONS: dict[str, type] = {"atari": AtariConfig, "net": NetConfig, "ppo": PPOConfig}
 """Config sections with a fixed class (the method's section depends on the method)."""
 

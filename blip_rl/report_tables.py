@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from blip_rl import metrics
+from blip_rl.config import OUTCOME_NEUTRAL_FIELDS
 from blip_rl.errors import UsageError
 from blip_rl.plots import matrix_markdown
 
@@ -33,7 +34,7 @@ __all__ = [
     "summary_markdown",
 ]
 
-_RUN_SPECIFIC = ("seed", "device", "games_spec")
+_RUN_SPECIFIC = ("seed", "games_spec", *OUTCOME_NEUTRAL_FIELDS)
 """Config keys that may differ between seeds of one agent."""
 
 

@@ -134,6 +134,15 @@ def test_comparison_groups_by_agent_with_mean_and_std(tmp_path: Path, capsys) ->
     assert report([str(runs[0]), str(other), "--out", str(out2)]) == 0
     groups = json.loads((out2 / "report.json").read_text())["groups"]
     assert len(groups) == 2 and all(g.startswith("blip (") for g in groups)
+    # Settings that change how a run is watched, not what it learns, keep seeds in one group.
+    watched = {"capture_video": True, "torch_threads": 2, "branched_from": "x/after-game-1.pt"}
+    seed3 = _fake_run(
+        tmp_path / "a4", games, [[1, 1], [1, 1]], agent="blip", seed=3, config=watched
+    )
+    out3 = tmp_path / "cmp3"
+    assert report([str(runs[0]), str(seed3), "--out", str(out3)]) == 0
+    groups = json.loads((out3 / "report.json").read_text())["groups"]
+    assert list(groups) == ["blip"] and groups["blip"]["seeds"] == [1, 3]
 
 
 def test_several_runs_default_out_is_next_to_them(tmp_path: Path, capsys) -> None:
