@@ -332,7 +332,11 @@ def analyze_group(
         plasticity=arr["plasticity"],
         final_normalized=arr["norm"],
     )
-    bits = [((r.data.summary or {}).get("after_game") or [{}])[0].get("mean_bits") for r in runs]
+    bits = [  # BLIP's own freeze (a branch of another method copies its source's record)
+        ((r.data.summary or {}).get("after_game") or [{}])[0].get("mean_bits")
+        for r in runs
+        if r.data.method == "blip"
+    ]
     res.mean_bits = finite_mean(np.array([math.nan if b is None else b for b in bits], float))
     quantities = {
         "forgetting": res.forgetting,
@@ -456,11 +460,15 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
     """Issue 9's bar per sequence: ``method``'s forgetting at most a third of ``baseline``'s
     with separated CIs, and ``method``'s plasticity at least 0.8."""
     out = []
-    for seq in sorted({",".join(r.sequence) for r in results}):
-        mine = [r for r in results if ",".join(r.sequence) == seq and r.label == method]
-        base = [r for r in results if ",".join(r.sequence) == seq and r.label == baseline]
+    # "blip (x=1)" pairs with "finetune@blipnet (x=1)": the same setting suffix, if any.
+    suffixes = sorted({r.label[len(method) :] for r in results if r.label.startswith(method)})
+    for seq, suffix in sorted({(",".join(r.sequence), x) for r in results for x in suffixes}):
+        here = [r for r in results if ",".join(r.sequence) == seq]
+        mine = [r for r in here if r.label == method + suffix]
+        base = [r for r in here if r.label == baseline + suffix]
         if not mine or not base:
             continue
+        method_x, baseline_x = method + suffix, baseline + suffix
         fm, fb = mine[0].aggregates["forgetting"], base[0].aggregates["forgetting"]
         pm = mine[0].aggregates["plasticity"]
         seeds = min(len(mine[0].seeds), len(base[0].seeds))
@@ -487,8 +495,8 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
             "–" if not np.isfinite(pm[0]) else f"{pm[0]:.2f} ({'>=' if pm[0] >= 0.8 else '<'} 0.8)"
         )
         out.append(
-            f"- `{seq}`: {method} forgetting {_ci(fm)} vs {baseline} {_ci(fb)} → {verdict}; "
-            f"{method} plasticity IQM {plast}. Paired difference of forgetting "
+            f"- `{seq}`: {method_x} forgetting {_ci(fm)} vs {baseline_x} {_ci(fb)} → "
+            f"{verdict}; {method_x} plasticity IQM {plast}. Paired difference of forgetting "
             f"({method} - {baseline}): {paired}."
         )
     return out
