@@ -116,9 +116,12 @@ def main_steps(config: RunConfig) -> int:
 
 
 def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
-    """UsageError unless a run with ``config`` can start from the after-game checkpoint
-    ``source`` (``--from-checkpoint``): the same first games, protocol and evaluation, and a
-    method that can take over the source's state (the same method, or ``finetune``)."""
+    """UsageError unless a run with ``config`` can start from the checkpoint ``source``
+    (``--from-checkpoint``: ``after-game-K.pt`` or ``trained-game-K.pt``): the same games (after
+    ``trained-game-1.pt`` only the first), protocol and evaluation, and a method that can take
+    over the source's state (the same method, or ``finetune``; any method whose game-1
+    training is the source's from ``trained-game-1.pt``). ``docs/configuration.md`` has the
+    rules and why."""
     src = RunConfig.from_json(source["config"])
     trained = is_trained_point(source)
     done = source["progress"]["game_index"] + (0 if trained else 1)  # games the source ended
@@ -293,9 +296,9 @@ class ContinualRun:
         self.progress.resumes += 1
 
     def _branch(self, ckpt: dict[str, Any]) -> None:
-        """Start from another run's after-game state: the network's parameters (and BLIP state
-        where both networks have it), the method's state when it is the same method, the
-        history and the position; a fresh schedule of evaluations and checkpoints."""
+        """Start from another run's after-game (or trained-game) state: the network's
+        parameters (and BLIP state where both networks have it), the method's state when it is
+        the same method, the history and the position."""
         own = self.net.state_dict()
         src = ckpt["net"]
         # Before game 1's end-of-game step (trained-game-1.pt) nothing is protected and only
