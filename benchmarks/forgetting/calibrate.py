@@ -1,0 +1,81 @@
+"""Calibrate BLIP's end-of-game step on a calibration sequence: one game 1 per seed, many freezes.
+
+Per seed: one BLIP run of the sequence (``blip-s<seed>``); then, from its
+``checkpoints/trained-game-1.pt`` (game 1 trained, not yet frozen), one branch per variant that
+freezes game 1 with its own settings and trains the rest of the sequence
+(``blip-<variant>-s<seed>``; the variant ``default`` keeps the shipped settings, so every
+variant compares with a branch that played its Fisher states the same way); and fine-tuning
+on the BLIP network from the run's ``after-game-1.pt`` (``finetune-blipnet-s<seed>``). Game 1 is
+trained once per seed whatever the number of variants. Every run uses the forgetting runs'
+protocol (``scan_games.protocol_flags``); finished runs are skipped and killed ones resumed, so
+the command can be stopped and rerun, and seeds or variants added::
+
+    OMP_NUM_THREADS=1 python benchmarks/forgetting/calibrate.py \\
+        --games crazy_climber,road_runner --seeds 1,2 --steps 100000 --eval-episodes 8 \\
+        --variant default= --variant fprior5e-14="--f-prior 5e-14" \\
+        --variant fprior5e-16="--f-prior 5e-16" --variant fprior5e-20="--f-prior 5e-20" \\
+        --variant vfc0="--value-fisher-coef 0"
+
+Then ``analyze.py`` over ``<runs-dir>/<games>/*`` (the branches form ``blip@branch (...)``
+groups, one per setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from run_evidence import REPO, train  # same folder: one run, resumed or skipped when done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--games", required=True, help="the calibration sequence, comma-separated")
+    ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
+    ap.add_argument("--steps", type=int, default=200_000, help="env steps per game")
+    ap.add_argument("--eval-every", type=int, default=0, help="0: after each game only")
+    ap.add_argument("--eval-episodes", type=int, default=8)
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="a branch from trained-game-1.pt with these train flags (repeatable)",
+    )
+    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "forgetting" / "calib")
+    ap.add_argument("--code", type=Path, default=None, help="import blip_rl from this copy")
+    args = ap.parse_args()
+    games = [g.strip() for g in args.games.split(",") if g.strip()]
+    variants = [v.partition("=") for v in args.variant]
+    if len(games) < 2 or not variants or any(not name for name, _, _ in variants):
+        ap.error("need a sequence of at least two games and at least one --variant NAME=FLAGS")
+    code = args.code.resolve() if args.code else None
+    root = args.runs_dir / "-".join(games)
+    failed = 0
+    for seed in (int(s) for s in args.seeds.split(",")):
+
+        def run(name: str, agent: str, flags: list[str], seed: int = seed) -> None:
+            nonlocal failed
+            folder = root / f"{name}-s{seed}"
+            rc = train(
+                folder, games, agent, seed, args.steps, args.eval_every, args.eval_episodes,
+                code, flags,
+            )  # fmt: skip
+            failed += rc != 0
+
+        source = root / f"blip-s{seed}" / "checkpoints"
+        run("blip", "blip", [])
+        for name, _, flags in variants:
+            branch = ["--from-checkpoint", str(source / "trained-game-1.pt")]
+            run(f"blip-{name}", "blip", [*branch, *shlex.split(flags)])
+        run(
+            "finetune-blipnet",
+            "finetune",
+            ["--from-checkpoint", str(source / "after-game-1.pt"), "--blip", "true"],
+        )
+    raise SystemExit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
