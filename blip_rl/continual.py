@@ -99,8 +99,9 @@ BLIP_STATE_SUFFIXES = ("_bits", "_prefix", "_fisher", "freezes")
 
 
 def is_trained_point(ckpt: dict[str, Any]) -> bool:
-    """Whether ``ckpt`` is a ``trained-game-K.pt`` checkpoint: game K trained, its end-of-game
-    step (BLIP's freeze, EWC's Fisher, PackNet's pruning) not run yet."""
+    """Whether ``ckpt`` was written between a game's training and its end-of-game step (BLIP's
+    freeze, EWC's Fisher, PackNet's pruning): ``trained-game-1.pt``, or a ``latest.pt`` of a run
+    killed during that step."""
     p = ckpt["progress"]
     return bool(p.get("game_trained")) and not p.get("game_done")
 
@@ -117,7 +118,7 @@ def main_steps(config: RunConfig) -> int:
 
 def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
     """UsageError unless a run with ``config`` can start from the checkpoint ``source``
-    (``--from-checkpoint``: ``after-game-K.pt`` or ``trained-game-K.pt``): the same games (after
+    (``--from-checkpoint``: ``after-game-K.pt`` or ``trained-game-1.pt``): the same games (after
     ``trained-game-1.pt`` only the first), protocol and evaluation, and a method that can take
     over the source's state (the same method, or ``finetune``; any method whose game-1
     training is the source's from ``trained-game-1.pt``). ``docs/configuration.md`` has the
@@ -153,7 +154,7 @@ def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
             raise UsageError(
                 f"{where}: this agent trains game {done + 1} for {main_steps(config)} env steps "
                 f"before its end-of-game step, the source for {main_steps(src)}; a branch from "
-                "trained-game-K.pt needs the same (same --steps-per-game, and a method that "
+                "trained-game-1.pt needs the same (same --steps-per-game, and a method that "
                 "reserves the same steps)"
             )
         for name in ("num_envs", "num_steps"):
@@ -621,9 +622,12 @@ class ContinualRun:
             ppo.reset_envs(seed=cfg.seed * 1000 + 100 * k + prog.resumes)
             with bar:
                 ppo.train(train_steps - ppo.global_step, callback=self._callback(ctx, main))
-                # A branch point: other settings of the end-of-game step start from here.
+                # Training is over: a resume starts here. After game 1 this is also the branch
+                # point for other settings of the end-of-game step, other methods and other
+                # later games (kept for game 1 only: the rules after a freeze are the
+                # after-game ones, and each file holds the optimizer state too).
                 prog.game_trained = True
-                self.checkpoint(ppo, name=f"trained-game-{k + 1}.pt")
+                self.checkpoint(ppo, name="trained-game-1.pt" if k == 0 else None)
                 scalars = self.method.after_game(ctx)
             self._log_method(scalars)
             row = self.evaluate_all(after_game=k)

@@ -66,9 +66,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, FlagTable]:
         default=None,
         metavar="CKPT",
         help="start a new run from another run's checkpoint: after-game-K.pt (it trains from "
-        "game K+1 on, e.g. to compare methods from one shared state) or trained-game-K.pt "
-        "(game K trained, before the method's end-of-game step: BLIP's freeze with other "
-        "settings, or another method from game 1); same games",
+        "game K+1 on, e.g. to compare methods from one shared state) or trained-game-1.pt "
+        "(game 1 trained, before the method's end-of-game step: BLIP's freeze with other "
+        "settings, another method, other later games)",
     )
     add_switches(
         parser,
@@ -216,7 +216,7 @@ def _branch_source(args: argparse.Namespace) -> dict[str, Any]:
     if not ckpt["progress"].get("game_done") and not is_trained_point(ckpt):
         raise UsageError(
             f"--from-checkpoint {args.from_checkpoint}: not a branch point; use "
-            "RUN/checkpoints/after-game-K.pt or RUN/checkpoints/trained-game-K.pt"
+            "RUN/checkpoints/after-game-K.pt or RUN/checkpoints/trained-game-1.pt"
         )
     if args.games is None:
         args.games = ckpt["config"]["games_spec"]

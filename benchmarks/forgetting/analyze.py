@@ -222,7 +222,7 @@ def read_run(path: str | Path) -> Run:
     net = data.config.get("net")
     if isinstance(net, dict) and net.get("blip") and data.method != "blip":
         data.config["agent"] = f"{data.agent}@blipnet"
-    # A branch from trained-game-K.pt ran its own end-of-game step on the source's training;
+    # A branch from trained-game-1.pt ran its own end-of-game step on the source's training;
     # its Fisher states were played anew, so it is compared with other such branches only.
     if Path(source).name.startswith("trained-game-"):
         data.config["agent"] = f"{data.config['agent']}@branch"
