@@ -202,8 +202,10 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
 
     try:
         assert _wait_for(in_second_game, 240), "no mid-game checkpoint in game 2"
-        # While it trains, a second trainer on the same folder is refused and touches nothing.
-        # The live trainer's own atomic writes come and go (".name.XXXX.tmp"): leave them out.
+        # Paused (SIGSTOP: alive, lock held, writing nothing), so that it cannot finish while
+        # the second trainer starts on a loaded machine: that one is refused and touches
+        # nothing. A write the pause caught in flight (".name.XXXX.tmp") is left out.
+        proc.send_signal(signal.SIGSTOP)
         before = _settled_files(run)
         code = subprocess.run(
             [sys.executable, "-m", "blip_rl.train", "--resume", str(run), "--no-progress"],
