@@ -82,10 +82,13 @@ def test_plasticity_against_from_scratch() -> None:
     assert math.isnan(p[0]) and p[1] == pytest.approx(0.75) and math.isnan(p[2])
 
 
-def _fake_run(root: Path, name: str, agent: str, seed: int, games: list[str], m: list) -> Path:
+def _fake_run(
+    root: Path, name: str, agent: str, seed: int, games: list[str], m: list, **extra: object
+) -> Path:
     run = root / name
     run.mkdir(parents=True)
     cfg = {"games": games, "agent": agent, "method": agent, "seed": seed, "steps_per_game": 1000}
+    cfg.update(extra)
     (run / "config.json").write_text(json.dumps(cfg))
     (run / "metrics.json").write_text(json.dumps({"games": games, "matrix": m}))
     rows = ["global_step,game_index,after_game,game,return,normalized"]
@@ -127,3 +130,31 @@ def test_analyze_run_folders_end_to_end(tmp_path: Path) -> None:
     for name in ("retention_plasticity.png", "heatmaps_freeway-boxing.png", "analysis.json"):
         assert (out / name).stat().st_size > 0
     assert az.main([str(tmp_path / "nope")]) == 2
+
+
+def test_groups_keep_protocols_and_trained_game_branches_apart(tmp_path: Path) -> None:
+    """Runs of two protocol versions form separate groups and the bar pairs each method with
+    the baseline of its own protocol; branches from trained-game-1.pt are their own group."""
+    games = ["freeway", "boxing"]
+    runs = []
+    for s in (1, 2, 3):
+        for tag, atari in (("old", {}), ("new", {"fire_on_life_loss": True})):
+            m_blip, m_ft = [[20.0, 0.1], [19.0, 10.1]], [[20.0, 0.1], [10.0, 20.1]]
+            runs.append(_fake_run(tmp_path, f"b{tag}{s}", "blip", s, games, m_blip, atari=atari))
+            runs.append(_fake_run(tmp_path, f"f{tag}{s}", "finetune", s, games, m_ft, atari=atari))
+    source = str(tmp_path / "bold1" / "checkpoints" / "trained-game-1.pt")
+    runs.append(
+        _fake_run(tmp_path, "x", "blip", 1, games, [[20.0, 0.1], [20.0, 5.0]], branched_from=source)
+    )
+    out = tmp_path / "report"
+    labels = sorted(r.label for r in az.analyze(runs, [], out, reps=50))
+    assert labels == [
+        "blip (fire_on_life_loss=-)",
+        "blip (fire_on_life_loss=true)",
+        "blip@branch",
+        "finetune (fire_on_life_loss=-)",
+        "finetune (fire_on_life_loss=true)",
+    ]
+    text = (out / "forgetting.md").read_text()
+    for suffix in (" (fire_on_life_loss=-)", " (fire_on_life_loss=true)"):
+        assert f"blip{suffix} forgetting" in text and f"vs finetune{suffix}" in text
