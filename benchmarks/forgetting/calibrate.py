@@ -16,6 +16,9 @@ the command can be stopped and rerun, and seeds or variants added::
         --variant fprior5e-16="--f-prior 5e-16" --variant fprior5e-20="--f-prior 5e-20" \\
         --variant vfc0="--value-fisher-coef 0"
 
+A variant may name another agent: ``--variant lambda1.3="--agent ewc --ewc-lambda 1.3"`` runs
+EWC's end-of-game step on the same game-1 training (folder ``ewc-lambda1.3-s<seed>``).
+
 Then ``analyze.py`` over ``<runs-dir>/<games>/*`` (the branches form ``blip@branch (...)``
 groups, one per setting).
 """
@@ -68,7 +71,11 @@ def main() -> None:
         run("blip", "blip", [])
         for name, _, flags in variants:
             branch = ["--from-checkpoint", str(source / "trained-game-1.pt")]
-            run(f"blip-{name}", "blip", [*branch, *shlex.split(flags)])
+            tokens = shlex.split(flags)
+            # A variant may run another method's end-of-game step: "--agent ewc --ewc-lambda 1.3"
+            pairs = zip(tokens, tokens[1:], strict=False)
+            agent = next((b for a, b in pairs if a == "--agent"), "blip")
+            run(f"{agent}-{name}", agent, [*branch, *tokens])
         run(
             "finetune-blipnet",
             "finetune",
