@@ -142,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     common += extra  # any other training flag, given to both runs (checked by blip_rl.train)
     root = Path(args.runs_dir) / (args.name or f"compare__{time.strftime('%Y%m%d-%H%M%S')}")
     branch = _applicable([a for a in common if a not in ("--games", args.games)], args.baseline)
-    for agent in (args.agent, args.baseline):
-        code = _check([*_applicable(common, agent), "--agent", agent])
+    argv_of = {a: [*_applicable(common, a), "--agent", a] for a in (args.agent, args.baseline)}
+    for run_argv in argv_of.values():
+        code = _check(run_argv)
         if code != 0:
             return code
-    protected = _run(root / args.agent, [*_applicable(common, args.agent), "--agent", args.agent])
+    protected = _run(root / args.agent, argv_of[args.agent])
     source = root / args.agent / "checkpoints" / "after-game-1.pt"
     baseline = _run(
         root / args.baseline,

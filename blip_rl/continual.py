@@ -106,12 +106,12 @@ def is_trained_point(ckpt: dict[str, Any]) -> bool:
     return bool(p.get("game_trained")) and not p.get("game_done")
 
 
-def main_steps(config: RunConfig) -> int:
-    """Env steps of a game's main training: the budget less what the method reserves for its
-    end-of-game step (PackNet's retraining), keeping at least one rollout."""
-    reserved = int(
-        METHODS[config.method](config.method_config).reserved_steps(config.steps_per_game)
-    )
+def main_steps(config: RunConfig, method: ContinualMethod | None = None) -> int:
+    """Env steps of a game's main training: the budget less what the method (``config``'s,
+    or the given instance of it) reserves for its end-of-game step (PackNet's retraining),
+    keeping at least one rollout."""
+    method = method or METHODS[config.method](config.method_config)
+    reserved = int(method.reserved_steps(config.steps_per_game))
     batch = config.ppo.batch_size
     return config.steps_per_game - min(max(reserved, 0), max(config.steps_per_game - batch, 0))
 
@@ -544,7 +544,6 @@ class ContinualRun:
 
             tracker = WandbTracker(self.run_dir, cfg.to_json(), cfg.wandb_project, cfg.wandb_entity)
         self.log = log = TBLogger(str(self.run_dir), purge_step=purge)
-        self._started, self._wall0 = time.perf_counter(), prog.wall_time
         try:
             if not prog.resumes:
                 log.hparams(_flat_hparams(cfg), ["summary/average_final_return"])
@@ -582,7 +581,7 @@ class ContinualRun:
         batch = self.ppo_config.batch_size
         envs = atari.make_train_envs(game, self.ppo_config.num_envs, None, self.atari_config)
         try:
-            train_steps = main_steps(cfg)
+            train_steps = main_steps(cfg, self.method)
             ppo = PPO(
                 self.net,
                 envs,

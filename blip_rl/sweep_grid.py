@@ -50,9 +50,6 @@ __all__ = [
     "validate",
 ]
 
-BLIP_ONLY = BLIP_ONLY_FIELDS
-"""Network settings that only BLIP layers read (ignored by a network with ``blip = false``)."""
-
 _OWN_FLAGS = {
     "games": "give the games with --games",
     "agent": "give the agents with --agents",
@@ -358,7 +355,7 @@ def expand(grid: GridSpec, flags: dict[str, TrainFlag] | None = None) -> list[Tr
                 combo = dict(zip(applicable, choice, strict=True))
                 blip = combo.get("blip", str(preset.net.get("blip", True)))
                 if blip.lower() in _FALSE:
-                    combo = {k: v for k, v in combo.items() if k not in BLIP_ONLY}
+                    combo = {k: v for k, v in combo.items() if k not in BLIP_ONLY_FIELDS}
                 if combo not in combos:
                     combos.append(combo)
             swept = [k for k in applicable if len({c.get(k) for c in combos}) > 1]

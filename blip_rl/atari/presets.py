@@ -45,12 +45,8 @@ __all__ = [
 _SCORES_FILE = "scores.toml"
 
 
-def _preset_dir() -> Any:
-    return preset_dir("envs")
-
-
 def _read_toml(filename: str) -> dict[str, Any]:
-    text = _preset_dir().joinpath(filename).read_text(encoding="utf-8")
+    text = preset_dir("envs").joinpath(filename).read_text(encoding="utf-8")
     return tomllib.loads(text)
 
 
