@@ -16,7 +16,8 @@ Both learn the game alone for ``--steps`` env steps, with the same protocol and 
 
 Each run writes ``<out>/<game>-<impl>-s<seed>.json`` (the curve, rewritten after each
 evaluation; a finished run is skipped on a rerun), then ``<out>/<game>.md`` tabulates both
-curves: mean over seeds with a 95% percentile bootstrap CI of the mean (2000 resamples)::
+curves: mean over seeds with a 95% percentile bootstrap CI of the mean (``analyze.py``'s
+bootstrap, 2000 resamples); a rerun with every curve present only rewrites the table::
 
     OMP_NUM_THREADS=1 python benchmarks/forgetting/parity.py --game breakout --steps 200000
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from analyze import finite_mean, stratified_bootstrap_ci  # same folder: one bootstrap
 from scan_games import protocol_flags  # same folder: the forgetting runs' protocol
 
 from blip_rl.files import atomic_write, read_json, write_json
@@ -108,16 +110,8 @@ def run_sb3(game: str, seed: int, args: argparse.Namespace) -> list[dict[str, fl
     return curve
 
 
-def _ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    means = rng.choice(values, size=(2000, len(values)), replace=True).mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
     """Both curves at the evaluation points: mean [95% CI] over seeds, and each seed."""
-    rng = np.random.default_rng(0)
     curves: dict[str, dict[int, list[dict[str, float]]]] = {impl: {} for impl in IMPLS}
     for impl in IMPLS:
         for s in seeds:
@@ -146,10 +140,8 @@ def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
                 if near:
                     vals.append((s, near[0]))
             arr = np.array([v for _, v in vals])
-            lo, hi = _ci(arr, rng)
-            cells.append(
-                f"{arr.mean():.2f} [{lo:.2f}, {hi:.2f}] (n={len(arr)})" if len(arr) else "-"
-            )
+            mean, lo, hi = stratified_bootstrap_ci(arr, finite_mean) if len(arr) else (0, 0, 0)
+            cells.append(f"{mean:.2f} [{lo:.2f}, {hi:.2f}] (n={len(arr)})" if len(arr) else "-")
             per_seed.append(", ".join(f"s{s} {v:.1f}" for s, v in vals) or "-")
         lines.append(f"| {step} | {cells[0]} | {cells[1]} | {per_seed[0]} | {per_seed[1]} |")
     return "\n".join(lines) + "\n"
@@ -178,9 +170,15 @@ def main() -> None:
             write_json(path, {"game": args.game, "impl": impl, "seed": seed, "curve": curve,
                               "steps": args.steps, "seconds": seconds})  # fmt: skip
             print(f"[parity] {impl} {args.game} s{seed}: {seconds:.0f} s, {curve}", flush=True)
-            md = table(args.game, args.out, seeds, args.eval_every)
-            atomic_write(args.out / f"{args.game}.md", md.encode())
-    print(table(args.game, args.out, seeds, args.eval_every))
+            write_table(args, seeds)
+    print(write_table(args, seeds))
+
+
+def write_table(args: argparse.Namespace, seeds: list[int]) -> str:
+    """Rewrite ``<out>/<game>.md`` from the curves there; returns its text."""
+    md = table(args.game, args.out, seeds, args.eval_every)
+    atomic_write(args.out / f"{args.game}.md", md.encode())
+    return md
 
 
 if __name__ == "__main__":
