@@ -6,6 +6,7 @@ Both learn the game alone for ``--steps`` env steps, with the same protocol and 
   actor-critic, the CLI's PPO defaults, bf16 autocast) with the forgetting runs' protocol
   (sticky actions off, minimal action set, 8 envs, one emulator thread, CPU), evaluated every
   ``--eval-every`` steps by the CLI;
+* **ours-fp32**: the same in float32 (``--precision fp32``), to settle bf16 against fp32;
 * **SB3**: ``PPO("CnnPolicy")`` with rl-baselines3-zoo's Atari hyper-parameters (8 envs x 128
   steps, 4 epochs, minibatch 256, learning rate 2.5e-4 and clip range 0.1 both annealed
   linearly, entropy 0.01, value 0.5), on :func:`blip_rl.sb3.make_sb3_atari_env` with the same
@@ -41,14 +42,18 @@ from scan_games import protocol_flags  # same folder: the forgetting runs' proto
 from blip_rl.files import atomic_write, read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
-IMPLS = ("ours", "sb3")
+IMPLS = ("ours", "ours-fp32", "sb3")
+LABELS = {"ours": "ours (plain PPO, bf16)", "ours-fp32": "ours (fp32)", "sb3": "SB3 PPO"}
 
 
-def run_ours(game: str, seed: int, args: argparse.Namespace) -> list[dict[str, float]]:
+def run_ours(
+    game: str, seed: int, args: argparse.Namespace, precision: str = "bf16"
+) -> list[dict[str, float]]:
     """Train with the CLI in a temporary run folder; the curve from its ``evals.csv``."""
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
         cmd = [sys.executable, "-m", "blip_rl.train", f"--games={game}", "--agent=finetune"]
         cmd += protocol_flags(seed, args.steps, args.eval_every, args.eval_episodes)
+        cmd += [f"--precision={precision}"]
         cmd += [f"--runs-dir={tmp}", "--run-name=run"]
         subprocess.run(cmd, check=True, cwd=REPO)
         with open(Path(tmp) / "run" / "evals.csv", newline="") as f:
@@ -111,13 +116,14 @@ def run_sb3(game: str, seed: int, args: argparse.Namespace) -> list[dict[str, fl
 
 
 def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
-    """Both curves at the evaluation points: mean [95% CI] over seeds, and each seed."""
-    curves: dict[str, dict[int, list[dict[str, float]]]] = {impl: {} for impl in IMPLS}
+    """Every curve present at the evaluation points: mean [95% CI] over seeds, and each seed."""
+    curves: dict[str, dict[int, list[dict[str, float]]]] = {}
     for impl in IMPLS:
         for s in seeds:
             path = out / f"{game}-{impl}-s{s}.json"
             if path.is_file():
-                curves[impl][s] = read_json(path)["curve"]
+                curves.setdefault(impl, {})[s] = read_json(path)["curve"]
+    impls = list(curves)
     lines = [
         f"# Learning parity on {game}",
         "",
@@ -126,14 +132,18 @@ def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
         "actions); mean over seeds [95% bootstrap CI]; the "
         "evaluation nearest each step (within 5%).",
         "",
-        "| env steps | ours (plain PPO) | SB3 PPO | ours per seed | SB3 per seed |",
-        "|---|---|---|---|---|",
+        "| env steps | "
+        + " | ".join(LABELS[i] for i in impls)
+        + " | "
+        + " | ".join(f"{LABELS[i].split(' (')[0]} per seed" for i in impls)
+        + " |",
+        "|---" * (1 + 2 * len(impls)) + "|",
     ]
     steps = [c["step"] for cs in curves.values() for v in cs.values() for c in v]
     points = sorted({round(x / eval_every) * eval_every for x in steps})
     for step in points:
         cells, per_seed = [], []
-        for impl in IMPLS:
+        for impl in impls:
             vals = []
             for s, curve in curves[impl].items():
                 near = [c["return"] for c in curve if abs(c["step"] - step) <= 0.05 * step]
@@ -143,7 +153,7 @@ def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
             mean, lo, hi = stratified_bootstrap_ci(arr, finite_mean) if len(arr) else (0, 0, 0)
             cells.append(f"{mean:.2f} [{lo:.2f}, {hi:.2f}] (n={len(arr)})" if len(arr) else "-")
             per_seed.append(", ".join(f"s{s} {v:.1f}" for s, v in vals) or "-")
-        lines.append(f"| {step} | {cells[0]} | {cells[1]} | {per_seed[0]} | {per_seed[1]} |")
+        lines.append(f"| {step} | " + " | ".join(cells + per_seed) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +164,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200_000, help="env steps per run")
     ap.add_argument("--eval-every", type=int, default=50_000, help="env steps between evaluations")
     ap.add_argument("--eval-episodes", type=int, default=16, help="episodes per evaluation")
-    ap.add_argument("--impls", default="ours,sb3", help="which to run: ours, sb3 or both")
+    ap.add_argument(
+        "--impls", default="ours,sb3", help="which to run, comma-separated: " + ", ".join(IMPLS)
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "parity")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -165,7 +177,12 @@ def main() -> None:
             if path.is_file():
                 continue
             t0 = time.perf_counter()
-            curve = (run_ours if impl == "ours" else run_sb3)(args.game, seed, args)
+            if impl not in IMPLS:
+                ap.error(f"--impls: {impl!r} is not one of {', '.join(IMPLS)}")
+            if impl == "sb3":
+                curve = run_sb3(args.game, seed, args)
+            else:
+                curve = run_ours(args.game, seed, args, "fp32" if impl == "ours-fp32" else "bf16")
             seconds = time.perf_counter() - t0
             write_json(path, {"game": args.game, "impl": impl, "seed": seed, "curve": curve,
                               "steps": args.steps, "seconds": seconds})  # fmt: skip
