@@ -45,7 +45,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, FlagTable]:
         default=None,
         metavar="LIST",
         help="comma-separated games in learning order, or @PRESET (e.g. pong,breakout or "
-        "@blip-atari6; default @demo: krull then freeway)",
+        "@blip-atari6; default @demo: crazy_climber then road_runner)",
     )
     parser.add_argument(
         "--agent",

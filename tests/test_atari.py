@@ -100,8 +100,9 @@ def test_resolve_games_lists_and_presets() -> None:
         "breakout",
         "space_invaders",
     ]
-    assert [g.name for g in resolve_games("@demo")] == ["krull", "freeway"]
-    assert [g.name for g in resolve_games("@demo,pong")] == ["krull", "freeway", "pong"]
+    assert [g.name for g in resolve_games("@demo")] == ["crazy_climber", "road_runner"]
+    assert [g.name for g in resolve_games("@demo,pong")] == ["crazy_climber", "road_runner", "pong"]
+    assert [g.name for g in resolve_games("@breakout-freeway")] == ["breakout", "freeway"]
     for bad in ["", " , ", "@nope", "pong,nope"]:
         with pytest.raises(UsageError):
             resolve_games(bad)
@@ -511,7 +512,7 @@ def test_presets_work_from_a_wheel(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "['krull', 'freeway'] (-20.7, 14.6)"
+    assert proc.stdout.strip() == "['crazy_climber', 'road_runner'] (-20.7, 14.6)"
 
 
 def test_gymnasium_async_matches_sync() -> None:
