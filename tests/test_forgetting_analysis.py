@@ -125,8 +125,12 @@ def test_analyze_run_folders_end_to_end(tmp_path: Path) -> None:
     assert n == 3 and mean == pytest.approx(np.mean(want))
     assert min(want) <= low < mean < high <= max(want)
     text = (out / "forgetting.md").read_text()
-    assert "inconclusive" not in text and "met: CIs separate" in text
-    assert "1000 env steps per game, below the bar's 200k" in text
+    assert "inconclusive" not in text and "at most 1/3 of the baseline's, CIs separate" in text
+    assert "bar not met: 1000 env steps per game, below the bar's 200k" in text
+    # the bar needs every condition: without from-scratch runs plasticity is not measured
+    az.analyze(runs, [], out, reps=50)
+    text = (out / "forgetting.md").read_text()
+    assert "plasticity not measured" in text and "**bar met**" not in text
     for name in ("retention_plasticity.png", "heatmaps_freeway-boxing.png", "analysis.json"):
         assert (out / name).stat().st_size > 0
     assert az.main([str(tmp_path / "nope")]) == 2

@@ -473,31 +473,36 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
         pm = mine[0].aggregates["plasticity"]
         seeds = min(len(mine[0].seeds), len(base[0].seeds))
         steps = min(mine[0].steps_per_game, base[0].steps_per_game)
+        forgetting_met = False
         if not (np.isfinite(fm[0]) and np.isfinite(fb[0])):
-            verdict = "inconclusive: forgetting undefined (a game was not learned)"
+            forgetting = "undefined (a game was not learned)"
         elif seeds < 3:
-            verdict = f"inconclusive: {seeds} seed(s), the bar needs >= 3"
+            forgetting = f"inconclusive, {seeds} seed(s) and the bar needs >= 3"
         elif fm[2] < fb[1] and fm[0] <= fb[0] / 3:
-            verdict = "met: CIs separate and forgetting <= 1/3 of the baseline's"
+            forgetting, forgetting_met = "at most 1/3 of the baseline's, CIs separate", True
         elif fm[2] < fb[1]:
-            verdict = "CIs separate, but forgetting is more than 1/3 of the baseline's"
+            forgetting = "CIs separate, but more than 1/3 of the baseline's"
         else:
-            verdict = "inconclusive: the CIs overlap"
+            forgetting = "inconclusive, the CIs overlap"
+        missing = [] if forgetting_met else ["forgetting"]
         if steps < 200_000:
-            verdict += f"; {steps} env steps per game, below the bar's 200k"
+            missing.append(f"{steps} env steps per game, below the bar's 200k")
+        if not np.isfinite(pm[0]):
+            missing.append("plasticity not measured (no from-scratch run at this budget)")
+        elif pm[0] < 0.8:
+            missing.append(f"plasticity {pm[0]:.2f} < 0.8")
+        verdict = "bar met" if not missing else "bar not met: " + "; ".join(missing)
         d = paired_difference(mine[0], base[0])
         paired = (
             "no common seed"
             if d[3] == 0
             else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] over {d[3]} paired seed(s)"
         )
-        plast = (
-            "–" if not np.isfinite(pm[0]) else f"{pm[0]:.2f} ({'>=' if pm[0] >= 0.8 else '<'} 0.8)"
-        )
+        plast = "–" if not np.isfinite(pm[0]) else _ci(pm)
         out.append(
-            f"- `{seq}`: {method_x} forgetting {_ci(fm)} vs {baseline_x} {_ci(fb)} → "
-            f"{verdict}; {method_x} plasticity IQM {plast}. Paired difference of forgetting "
-            f"({method} - {baseline}): {paired}."
+            f"- `{seq}`: {method_x} forgetting {_ci(fm)} vs {baseline_x} {_ci(fb)}: "
+            f"{forgetting}; {method_x} plasticity IQM {plast}. **{verdict}**. Paired difference "
+            f"of forgetting ({method} - {baseline}): {paired}."
         )
     return out
 
