@@ -135,7 +135,7 @@ def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
         "| env steps | "
         + " | ".join(LABELS[i] for i in impls)
         + " | "
-        + " | ".join(f"{LABELS[i].split(' (')[0]} per seed" for i in impls)
+        + " | ".join(f"{LABELS[i]} per seed" for i in impls)
         + " |",
         "|---" * (1 + 2 * len(impls)) + "|",
     ]
