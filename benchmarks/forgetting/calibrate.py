@@ -54,6 +54,8 @@ def main() -> None:
     if len(games) < 2 or not variants or any(not name for name, _, _ in variants):
         ap.error("need a sequence of at least two games and at least one --variant NAME=FLAGS")
     code = args.code.resolve() if args.code else None
+    agent_flag = argparse.ArgumentParser(add_help=False)
+    agent_flag.add_argument("--agent", default="blip")
     root = args.runs_dir / "-".join(games)
     failed = 0
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -73,8 +75,7 @@ def main() -> None:
             branch = ["--from-checkpoint", str(source / "trained-game-1.pt")]
             tokens = shlex.split(flags)
             # A variant may run another method's end-of-game step: "--agent ewc --ewc-lambda 1.3"
-            pairs = zip(tokens, tokens[1:], strict=False)
-            agent = next((b for a, b in pairs if a == "--agent"), "blip")
+            agent = agent_flag.parse_known_args(tokens)[0].agent
             run(f"{agent}-{name}", agent, [*branch, *tokens])
         run(
             "finetune-blipnet",

@@ -43,6 +43,7 @@ from blip_rl.files import atomic_write, read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
 IMPLS = ("ours", "ours-fp32", "sb3")
+PRECISION = {"ours": "bf16", "ours-fp32": "fp32"}
 LABELS = {"ours": "ours (plain PPO, bf16)", "ours-fp32": "ours (fp32)", "sb3": "SB3 PPO"}
 
 
@@ -150,8 +151,11 @@ def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
                 if near:
                     vals.append((s, near[0]))
             arr = np.array([v for _, v in vals])
-            mean, lo, hi = stratified_bootstrap_ci(arr, finite_mean) if len(arr) else (0, 0, 0)
-            cells.append(f"{mean:.2f} [{lo:.2f}, {hi:.2f}] (n={len(arr)})" if len(arr) else "-")
+            if len(arr):
+                mean, lo, hi = stratified_bootstrap_ci(arr, finite_mean)
+                cells.append(f"{mean:.2f} [{lo:.2f}, {hi:.2f}] (n={len(arr)})")
+            else:
+                cells.append("-")
             per_seed.append(", ".join(f"s{s} {v:.1f}" for s, v in vals) or "-")
         lines.append(f"| {step} | " + " | ".join(cells + per_seed) + " |")
     return "\n".join(lines) + "\n"
@@ -170,19 +174,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "parity")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    impls = args.impls.split(",")
+    for impl in impls:
+        if impl not in IMPLS:
+            ap.error(f"--impls: {impl!r} is not one of {', '.join(IMPLS)}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     for seed in seeds:
-        for impl in args.impls.split(","):
+        for impl in impls:
             path = args.out / f"{args.game}-{impl}-s{seed}.json"
             if path.is_file():
                 continue
             t0 = time.perf_counter()
-            if impl not in IMPLS:
-                ap.error(f"--impls: {impl!r} is not one of {', '.join(IMPLS)}")
             if impl == "sb3":
                 curve = run_sb3(args.game, seed, args)
             else:
-                curve = run_ours(args.game, seed, args, "fp32" if impl == "ours-fp32" else "bf16")
+                curve = run_ours(args.game, seed, args, PRECISION[impl])
             seconds = time.perf_counter() - t0
             write_json(path, {"game": args.game, "impl": impl, "seed": seed, "curve": curve,
                               "steps": args.steps, "seconds": seconds})  # fmt: skip
