@@ -206,9 +206,11 @@ def table(points: list[Point]) -> str:
     by_key: dict[tuple[str, int], dict[int, Point]] = {}
     for p in points:
         cur = by_key.setdefault((p.game, p.seed), {})
-        # at equal step, prefer the evaluation with more episodes (then the shorter run)
+        # at equal step, prefer the shorter run (at a milestone, the run with that budget, whose
+        # learning rate has annealed, over an intermediate point of a longer run), then the
+        # evaluation with more episodes
         old = cur.get(p.step)
-        if old is None or (p.episodes, -p.run_steps) > (old.episodes, -old.run_steps):
+        if old is None or (-p.run_steps, p.episodes) > (-old.run_steps, old.episodes):
             cur[p.step] = p
 
     def cell(p: Point | None, ref: tuple[float, float] | None) -> tuple[str, str, str]:
@@ -227,6 +229,8 @@ def table(points: list[Point]) -> str:
         ref = reference_scores(game)
         rnd, hum = ("-", "-") if ref is None else (f"{ref[0]:g}", f"{ref[1]:g}")
         p100, p300 = at_milestone(evals, 100_000), at_milestone(evals, 300_000)
+        if p100 is None and p300 is None:
+            continue  # e.g. a 500k from-scratch run of the evidence, evaluated only at its end
         eps = sorted({p.episodes for p in evals.values()})
         lines.append(
             f"| {game} | {seed} | {rnd} | {hum} | "
@@ -238,9 +242,44 @@ def table(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
-def write_report(runs_dir: Path, out: Path, command: str) -> None:
+def default_eval_every(steps: int) -> int:
+    """The scan's evaluation interval when ``--eval-every`` is not given."""
+    return 100_000 if steps > 100_000 else 0
+
+
+def scan_command(games: list[str], steps: int, seed: int, episodes: int, every: int) -> str:
+    """The command line that runs (or resumes) these scan runs."""
+    flag = "" if every == default_eval_every(steps) else f" --eval-every {every}"
+    return (
+        "OMP_NUM_THREADS=1 python benchmarks/forgetting/scan_games.py "
+        f"--games {','.join(games)} --steps {steps} --seed {seed} --eval-episodes {episodes}" + flag
+    )
+
+
+def commands(runs_dir: Path) -> list[str]:
+    """One scan command per (budget, seed, episodes, interval) among the finished single-game
+    runs under ``runs_dir``, games in the order they were started: together they reproduce the
+    table (a from-scratch run of ``run_evidence.py`` is the same run as this command's)."""
+    groups: dict[tuple[int, int, int, int], list[tuple[float, str]]] = {}
+    for summary_path in runs_dir.glob("*/summary.json"):
+        config_path = summary_path.parent / "config.json"
+        if not config_path.exists():
+            continue
+        c = json.loads(config_path.read_text())
+        if len(c["games"]) != 1:
+            continue
+        key = (int(c["steps_per_game"]), int(c["seed"]), int(c["eval_episodes"]), c["eval_every"])
+        groups.setdefault(key, []).append((config_path.stat().st_mtime, c["games"][0]))
+    return [
+        scan_command([g for _, g in sorted(started)], *key)
+        for key, started in sorted(groups.items())
+    ]
+
+
+def write_report(runs_dir: Path, out: Path) -> None:
     """Rewrite ``out`` (markdown) from every scan run under ``runs_dir``."""
     points = read_points(runs_dir)
+    command_lines = "\n".join(f"    {c}" for c in commands(runs_dir))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
@@ -256,12 +295,15 @@ column. Score: mean ± standard error over the evaluation episodes. `norm`:
 
 `learned?`: **learned** when the score is above random by more than 2 standard errors and by at
 least {LEARNED_FRACTION:.0%} of the random-to-human gap; **weak** when above random by more than
-2 standard errors but by less; **no** otherwise. One seed per game: a screening, not a result
-(seeds decide a lot at these budgets, see issue 9).
+2 standard errors but by less; **no** otherwise. One or two seeds per game: a screening, not a
+result (seeds decide a lot at these budgets, see issue 9).
 
 Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores shared with other work
 (one torch thread, one emulator thread). Commit at table time: `{commit}`.
-Command: `{command}`
+Commands (one per budget, seed, episode count and interval; each skips the finished runs; a
+run with no evaluation near 100k or 300k steps is listed here but has no row in the table):
+
+{command_lines}
 
 {table(points)}
 """
@@ -290,18 +332,11 @@ def main() -> None:
     if args.code is not None:
         args.code = args.code.resolve()
         sys.path.insert(0, str(args.code))
-    command = (
-        "OMP_NUM_THREADS=1 python benchmarks/forgetting/scan_games.py "
-        f"--games {args.games} --steps {args.steps} --seed {args.seed} "
-        f"--eval-episodes {args.eval_episodes}"
-    )
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     if args.table_only:
-        write_report(args.runs_dir, args.out, command)
+        write_report(args.runs_dir, args.out)
         return
-    every = args.eval_every
-    if every is None:
-        every = 100_000 if args.steps > 100_000 else 0
+    every = default_eval_every(args.steps) if args.eval_every is None else args.eval_every
     for game in [g.strip() for g in args.games.split(",") if g.strip()]:
         t0 = time.perf_counter()
         rc = train_one(
@@ -309,7 +344,7 @@ def main() -> None:
         )
         print(f"[scan] {game}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
         try:
-            write_report(args.runs_dir, args.out, command)
+            write_report(args.runs_dir, args.out)
         except Exception as exc:  # a broken table must not stop the scan
             print(f"[scan] table not written: {type(exc).__name__}: {exc}", flush=True)
 

@@ -1,0 +1,92 @@
+"""The game-scan table of benchmarks/forgetting/scan_games.py: which evaluation stands at a
+milestone, and the commands that reproduce the table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "forgetting" / "scan_games.py"
+_spec = importlib.util.spec_from_file_location("forgetting_scan_games", _PATH)
+assert _spec is not None and _spec.loader is not None
+sg = importlib.util.module_from_spec(_spec)
+sys.modules["forgetting_scan_games"] = sg
+_spec.loader.exec_module(sg)
+
+
+def _point(game: str, run_steps: int, step: int, mean: float, episodes: int) -> object:
+    return sg.Point(game, 1, run_steps, step, mean, 0.5, episodes, None)
+
+
+def _row(text: str, game: str) -> list[str]:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(f"| {game} |")]
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_milestone_prefers_the_run_with_that_budget_over_a_longer_runs_midpoint() -> None:
+    points = [
+        _point("boxing", 200_000, 100_352, 9.0, 16),  # a longer run passing 100k, more episodes
+        _point("boxing", 200_000, 200_704, 11.0, 16),
+        _point("boxing", 100_000, 100_352, 2.0, 8),  # the 100k run's final evaluation
+    ]
+    row = _row(sg.table(points), "boxing")
+    assert row[4] == "2.0 ± 0.5"  # return @100k
+    # at equal budget, the evaluation with more episodes stands
+    more = [
+        _point("krull", 100_000, 100_352, 3000.0, 8),
+        _point("krull", 100_000, 100_352, 10.0, 16),
+    ]
+    assert _row(sg.table(more), "krull")[4] == "10.0 ± 0.5"
+
+
+def _run(
+    root: Path,
+    name: str,
+    game: str,
+    steps: int,
+    seed: int,
+    episodes: int,
+    every: int,
+    started: float,
+) -> None:
+    folder = root / name
+    folder.mkdir()
+    config = {
+        "games": [game],
+        "steps_per_game": steps,
+        "seed": seed,
+        "eval_episodes": episodes,
+        "eval_every": every,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    os.utime(folder / "config.json", (started, started))
+    (folder / "summary.json").write_text("{}")
+
+
+def test_commands_list_every_group_of_runs_in_start_order(tmp_path: Path) -> None:
+    _run(tmp_path, "krull-s1-100000", "krull", 100_000, 1, 8, 0, started=2.0)
+    _run(tmp_path, "boxing-s1-100000", "boxing", 100_000, 1, 8, 0, started=1.0)
+    _run(tmp_path, "freeway-s2-100000", "freeway", 100_000, 2, 16, 0, started=3.0)
+    _run(tmp_path, "krull-s1-500000", "krull", 500_000, 1, 16, 0, started=4.0)
+    _run(tmp_path, "boxing-s1-200000", "boxing", 200_000, 1, 16, 100_000, started=5.0)
+    (tmp_path / "unfinished").mkdir()  # no summary.json: not in the table, not in a command
+    base = "OMP_NUM_THREADS=1 python benchmarks/forgetting/scan_games.py --games"
+    assert sg.commands(tmp_path) == [
+        f"{base} boxing,krull --steps 100000 --seed 1 --eval-episodes 8",
+        f"{base} freeway --steps 100000 --seed 2 --eval-episodes 16",
+        f"{base} boxing --steps 200000 --seed 1 --eval-episodes 16",
+        # a from-scratch run of run_evidence.py (final evaluation only) keeps its interval
+        f"{base} krull --steps 500000 --seed 1 --eval-episodes 16 --eval-every 0",
+    ]
+
+
+def test_a_run_without_a_milestone_evaluation_has_no_row() -> None:
+    points = [
+        _point("krull", 500_000, 500_224, 5000.0, 16),
+        _point("boxing", 100_000, 100_352, 2.0, 8),
+    ]
+    text = sg.table(points)
+    assert "| boxing |" in text and "| krull |" not in text
