@@ -268,7 +268,12 @@ def commands(runs_dir: Path) -> list[str]:
         c = json.loads(config_path.read_text())
         if len(c["games"]) != 1:
             continue
-        key = (int(c["steps_per_game"]), int(c["seed"]), int(c["eval_episodes"]), c["eval_every"])
+        key = (
+            int(c["steps_per_game"]),
+            int(c["seed"]),
+            int(c["eval_episodes"]),
+            int(c["eval_every"]),
+        )
         groups.setdefault(key, []).append((config_path.stat().st_mtime, c["games"][0]))
     return [
         scan_command([g for _, g in sorted(started)], *key)
