@@ -43,6 +43,7 @@ from typing import Any
 
 import pytest
 import torch
+from scripts import load_script
 from tiny import TINY
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
@@ -787,17 +788,10 @@ def test_ppo_storage_and_losses_live_on_the_device(device: str) -> None:
 
 
 # ------------------------------------------------------------------------ the GPU benchmark
-def test_bench_gpu_runs_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_gpu_runs_on_the_cpu(tmp_path: Path) -> None:
     """``benchmarks/bench_gpu.py`` (what ``gpu_check.sh`` runs on a GPU) works at a tiny size on
     the CPU: every row, its profile shares summing to the wall time, the JSON."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_gpu", bench)  # its dataclasses look it up there
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_gpu.py", "bench_gpu")
     out = tmp_path / "bench.json"
     argv = ["--device", "cpu", "--num-envs", "2", "--num-steps", "16", "--steps", "64"]
     argv += ["--profile-steps", "32", "--sb3-num-envs", "2", "--sb3-steps", "256"]

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts import load_script
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "forgetting" / "analyze.py"
-_spec = importlib.util.spec_from_file_location("forgetting_analyze", _PATH)
-assert _spec is not None and _spec.loader is not None
-az = importlib.util.module_from_spec(_spec)
-sys.modules["forgetting_analyze"] = az
-_spec.loader.exec_module(az)
+az = load_script("benchmarks/forgetting/analyze.py", "forgetting_analyze")
 
 
 def test_iqm_trims_a_quarter_each_side_and_ignores_nan() -> None:

@@ -3,18 +3,13 @@ milestone, and the commands that reproduce the table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "forgetting" / "scan_games.py"
-_spec = importlib.util.spec_from_file_location("forgetting_scan_games", _PATH)
-assert _spec is not None and _spec.loader is not None
-sg = importlib.util.module_from_spec(_spec)
-sys.modules["forgetting_scan_games"] = sg
-_spec.loader.exec_module(sg)
+from scripts import load_script
+
+sg = load_script("benchmarks/forgetting/scan_games.py", "forgetting_scan_games")
 
 
 def _point(game: str, run_steps: int, step: int, mean: float, episodes: int) -> object:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scripts import load_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny import TINY
 
@@ -197,13 +198,7 @@ def test_track_offline_writes_a_local_wandb_run(tmp_path: Path) -> None:
 
 def test_sb3_example_records_the_same_videos(tmp_path: Path) -> None:
     """``examples/sb3_continual.py --capture-video``: the same helper, with ``model.predict``."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "examples" / "sb3_continual.py"
-    spec = importlib.util.spec_from_file_location("sb3_continual", path)
-    assert spec is not None and spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/sb3_continual.py", "sb3_continual")
     argv = ["--games", "breakout", "--steps-per-game", "64", "--n-envs", "2", "--n-steps", "32"]
     argv += ["--batch-size", "32", "--n-epochs", "1", "--eval-episodes", "1"]
     argv += ["--eval-max-frames", "160", "--capture-video", "--video-max-frames", "12"]
