@@ -156,3 +156,46 @@ def test_groups_keep_protocols_and_trained_game_branches_apart(tmp_path: Path) -
     text = (out / "forgetting.md").read_text()
     for suffix in (" (fire_on_life_loss=-)", " (fire_on_life_loss=true)"):
         assert f"blip{suffix} forgetting" in text and f"vs finetune{suffix}" in text
+
+
+def test_calibration_knobs_front_and_curves(tmp_path: Path) -> None:
+    """Groups carry their calibrated settings; the front keeps the groups no other group of the
+    sequence beats on both retention and plasticity; the knob curves are drawn when a setting
+    takes several values, and not otherwise."""
+    games = ["freeway", "boxing"]  # random 0.0 and 0.1
+    # (f_prior, freeway after game 2 [kept of 20], boxing [gain of 20 from scratch])
+    settings = [(5e-14, 12.0, 18.1), (5e-16, 16.0, 16.1), (5e-18, 19.0, 10.1), (5e-20, 15.0, 8.1)]
+    runs = []
+    for f_prior, kept, box in settings:
+        for s in (1, 2, 3):
+            runs.append(
+                _fake_run(
+                    tmp_path,
+                    f"b{f_prior}-{s}",
+                    "blip",
+                    s,
+                    games,
+                    [[20.0, 0.1], [kept, box]],
+                    net={"f_prior": f_prior},
+                    method_config={"value_fisher_coef": 1.0},
+                )  # fmt: skip
+            )
+    scratch = [_fake_run(tmp_path, f"s{s}", "finetune", s, ["boxing"], [[20.1]]) for s in (1, 2)]
+    out = tmp_path / "report"
+    res = az.analyze(runs, scratch, out, reps=50)
+    by_prior = {r.knobs["f_prior"]: r for r in res}
+    assert all(r.method == "blip" and r.knobs["value_fisher_coef"] == 1.0 for r in res)
+    # 5e-20 keeps less and learns less than 5e-18: beaten; the other three trade off
+    front = az.trade_off_front(res)
+    assert [r.knobs["f_prior"] for r in front] == [5e-18, 5e-16, 5e-14]
+    assert by_prior[5e-18].aggregates["retention"][0] == pytest.approx(0.95)
+    assert by_prior[5e-14].aggregates["plasticity"][0] == pytest.approx(0.9)
+    text = (out / "forgetting.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("- `freeway,boxing`: blip ("))
+    assert "f_prior=5e-20" not in line and line.count("retention") == 3
+    assert (out / "knobs_freeway-boxing.png").stat().st_size > 0
+    # one setting only: no curve, and the front is the group itself
+    out2 = tmp_path / "one"
+    one = az.analyze(runs[:3], scratch, out2, reps=50)
+    assert az.trade_off_front(one) == one and not (out2 / "knobs_freeway-boxing.png").exists()
+    assert json.loads((out / "analysis.json").read_text())[0]["knobs"]["f_prior"] == 5e-14

@@ -56,6 +56,13 @@ LEARNED_SE = 2.0
 
 Stat = Callable[[np.ndarray], float]
 
+#: The settings a calibration varies: name -> its path in a run's ``config.json``.
+KNOBS = {
+    "f_prior": ("net", "f_prior"),
+    "value_fisher_coef": ("method_config", "value_fisher_coef"),
+    "ewc_lambda": ("method_config", "ewc_lambda"),
+}
+
 
 # ------------------------------------------------------------------------------- statistics
 def iqm(values: np.ndarray) -> float:
@@ -259,6 +266,10 @@ class GroupResult:
     means: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     mean_bits: float = math.nan
     """BLIP: the mean frozen bits per parameter after game 1, over the runs (NaN otherwise)."""
+    method: str = ""
+    """The continual method of the group's runs (``blip``, ``finetune``, ``ewc``...)."""
+    knobs: dict[str, float] = field(default_factory=dict)
+    """The calibrated settings of the group's runs, where their config has them (``KNOBS``)."""
 
 
 def scratch_scores(
@@ -290,6 +301,35 @@ def scratch_scores(
             )[0]
         )
     return s, ok, counts
+
+
+def knob_values(config: dict[str, Any]) -> dict[str, float]:
+    """The ``KNOBS`` a run's config sets (a method without the setting has no entry)."""
+    out = {}
+    for name, (section, key) in KNOBS.items():
+        value = (config.get(section) or {}).get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def trade_off_front(results: Sequence[GroupResult]) -> list[GroupResult]:
+    """The groups no other group of the same sequence beats on both retention and plasticity
+    (IQMs; at least as good on both and better on one), by rising plasticity. Groups without
+    both numbers are left out."""
+    points = [
+        r
+        for r in results
+        if np.isfinite(r.aggregates["retention"][0]) and np.isfinite(r.aggregates["plasticity"][0])
+    ]
+
+    def beats(a: GroupResult, b: GroupResult) -> bool:
+        ra, pa = a.aggregates["retention"][0], a.aggregates["plasticity"][0]
+        rb, pb = b.aggregates["retention"][0], b.aggregates["plasticity"][0]
+        return a.sequence == b.sequence and ra >= rb and pa >= pb and (ra > rb or pa > pb)
+
+    front = [b for b in points if not any(beats(a, b) for a in points)]
+    return sorted(front, key=lambda r: (",".join(r.sequence), r.aggregates["plasticity"][0]))
 
 
 def analyze_group(
@@ -338,6 +378,8 @@ def analyze_group(
         if r.data.method == "blip"
     ]
     res.mean_bits = finite_mean(np.array([math.nan if b is None else b for b in bits], float))
+    res.method = runs[0].data.method
+    res.knobs = knob_values(runs[0].data.config)
     quantities = {
         "forgetting": res.forgetting,
         "retention": 1 - res.forgetting,
@@ -440,6 +482,20 @@ def aggregate_markdown(results: Sequence[GroupResult]) -> str:
     return "\n".join(lines)
 
 
+def front_markdown(results: Sequence[GroupResult]) -> list[str]:
+    """One line per sequence: its trade-off front (``trade_off_front``)."""
+    lines = []
+    for seq in dict.fromkeys(",".join(r.sequence) for r in results):
+        front = [r for r in trade_off_front(results) if ",".join(r.sequence) == seq]
+        points = "; ".join(
+            f"{r.label}: retention {_f(r.aggregates['retention'][0])}, "
+            f"plasticity {_f(r.aggregates['plasticity'][0])}"
+            for r in front
+        )
+        lines.append(f"- `{seq}`: {points or 'no group has both numbers'}")
+    return lines
+
+
 def paired_difference(
     a: GroupResult, b: GroupResult, key: str = "forgetting", reps: int = 2000
 ) -> tuple[float, float, float, int]:
@@ -536,6 +592,65 @@ def plot_tradeoff(results: Sequence[GroupResult], path: Path) -> None:
     plt.close(fig)
 
 
+#: Per method, the knob its calibration curve runs along and the knob that splits its series.
+CURVES = {
+    "blip": ("f_prior", "value_fisher_coef"),
+    "ewc": ("ewc_lambda", ""),
+    "online-ewc": ("ewc_lambda", ""),
+}
+
+
+def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -> bool:
+    """One sequence's calibration curves: per knob of ``CURVES`` that takes at least two
+    values, retention and plasticity (IQM, 95% CI bars) against it on a log axis, one series
+    per agent label and value of the splitting knob; ``baseline``'s retention as a grey line.
+    Returns whether there was a curve to draw (nothing is written otherwise)."""
+    panels: dict[str, dict[str, list[GroupResult]]] = {}
+    for r in results:
+        x_knob, split = CURVES.get(r.method, ("", ""))
+        if x_knob in r.knobs:
+            agent = r.label.split(" (")[0]  # a source run and branches are separate series
+            series = agent + (f", {split}={r.knobs[split]:g}" if split in r.knobs else "")
+            panels.setdefault(x_knob, {}).setdefault(series, []).append(r)
+    panels = {
+        k: v for k, v in panels.items() if len({r.knobs[k] for g in v.values() for r in g}) > 1
+    }
+    if not panels:
+        return False
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.6), squeeze=False)
+    base = [r for r in results if r.label == baseline]
+    for ax, (knob, series) in zip(axes[0], panels.items(), strict=True):
+        for n, (name, groups) in enumerate(sorted(series.items())):
+            groups = sorted(groups, key=lambda r: r.knobs[knob])
+            x = np.array([r.knobs[knob] for r in groups])
+            for quantity, style in (("retention", "-o"), ("plasticity", "--s")):
+                t = np.array([r.aggregates[quantity] for r in groups])
+                ax.errorbar(
+                    x, t[:, 0], yerr=[t[:, 0] - t[:, 1], t[:, 2] - t[:, 0]], fmt=style,
+                    color=f"C{n}", capsize=3, label=f"{quantity}: {name}",
+                )  # fmt: skip
+        if base and np.isfinite(base[0].aggregates["retention"][0]):
+            ax.axhline(base[0].aggregates["retention"][0], color="0.5", lw=1.0)
+            ax.annotate(
+                f"{baseline} retention", (0.01, 0.02), xycoords="axes fraction", color="0.4"
+            )
+        ax.axhline(0.8, color="0.6", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel(knob)
+        ax.set_ylabel("IQM over seeds and games")
+        ax.legend(fontsize=7)
+    seeds = sorted({len(r.seeds) for g in panels.values() for rs in g.values() for r in rs})
+    fig.suptitle(
+        f"{' -> '.join(results[0].sequence)}: retention (solid) and plasticity (dashed), "
+        f"seeds per point: {'/'.join(map(str, seeds))}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def plot_heatmaps(groups: dict[str, list[Run]], path: Path) -> None:
     """Per group, the human-normalized matrix averaged over its seeds."""
     plt = pyplot()
@@ -574,6 +689,8 @@ def _to_json(res: GroupResult) -> dict[str, Any]:
         "iqm_ci": {k: list(v) for k, v in res.aggregates.items()},
         "mean_ci": {k: list(v) for k, v in res.means.items()},
         "mean_bits": None if math.isnan(res.mean_bits) else res.mean_bits,
+        "method": res.method,
+        "knobs": res.knobs,
     }
 
 
@@ -607,6 +724,7 @@ def analyze(
         results.extend(seq_results)
         sections.extend(group_markdown(r) for r in seq_results)
         tag = seq.replace(",", "-")
+        plot_knobs(seq_results, out / f"knobs_{tag}.png", baseline)
         plot_heatmaps(groups, out / f"heatmaps_{tag}.png")
         plot_comparison(
             {label: [r.data for r in g] for label, g in groups.items()},
@@ -641,6 +759,13 @@ def analyze(
             "",
             *(bar_check(results, method, baseline) or ["- no sequence has both groups"]),
             "",
+            "## Trade-off front",
+            "",
+            "Per sequence, the groups that no other group beats on both retention and "
+            "plasticity (IQMs), by rising plasticity: the settings a default is chosen from.",
+            "",
+            *front_markdown(results),
+            "",
             "## Per game (means over seeds)",
             "",
             "\n\n".join(sections),
@@ -650,7 +775,8 @@ def analyze(
             runs_markdown(runs),
             "",
             "Plots: `retention_plasticity.png`, `heatmaps_<sequence>.png`, "
-            "`curves_<sequence>.png` (shaded: each game's own training).",
+            "`curves_<sequence>.png` (shaded: each game's own training), and "
+            "`knobs_<sequence>.png` where a calibrated setting takes several values.",
             "",
         ]
     )
