@@ -618,12 +618,15 @@ def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -
     if not panels:
         return False
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(8.0, 6.0 * len(panels)), 5.0), squeeze=False
+    )
     base = [r for r in results if r.label == baseline]
     for ax, (knob, series) in zip(axes[0], panels.items(), strict=True):
         for n, (name, groups) in enumerate(sorted(series.items())):
             groups = sorted(groups, key=lambda r: r.knobs[knob])
-            x = np.array([r.knobs[knob] for r in groups])
+            # series side by side on the log axis, so that their bars do not hide each other
+            x = np.array([r.knobs[knob] for r in groups]) * 1.15 ** (n - (len(series) - 1) / 2)
             for quantity, style in (("retention", "-o"), ("plasticity", "--s")):
                 t = np.array([r.aggregates[quantity] for r in groups])
                 ax.errorbar(
@@ -642,8 +645,8 @@ def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -
         ax.legend(fontsize=7)
     seeds = sorted({len(r.seeds) for g in panels.values() for rs in g.values() for r in rs})
     fig.suptitle(
-        f"{' -> '.join(results[0].sequence)}: retention (solid) and plasticity (dashed), "
-        f"seeds per point: {'/'.join(map(str, seeds))}"
+        f"{' -> '.join(results[0].sequence)}: retention (solid) and plasticity (dashed)\n"
+        f"IQM with 95% CI, seeds per point: {'/'.join(map(str, seeds))}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
