@@ -563,6 +563,12 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
     return out
 
 
+def _bars(t: np.ndarray) -> np.ndarray:
+    """Error-bar lengths (below, above) of (IQM, low, high) triples, for ``errorbar``."""
+    t = np.asarray(t, dtype=float).reshape(-1, 3)
+    return np.stack([t[:, 0] - t[:, 1], t[:, 2] - t[:, 0]])
+
+
 def plot_tradeoff(results: Sequence[GroupResult], path: Path) -> None:
     """Retention (y) against plasticity (x): one point per group, IQM with 95% CI bars."""
     plt = pyplot()
@@ -574,8 +580,8 @@ def plot_tradeoff(results: Sequence[GroupResult], path: Path) -> None:
         ax.errorbar(
             pla[0],
             ret[0],
-            xerr=[[pla[0] - pla[1]], [pla[2] - pla[0]]],
-            yerr=[[ret[0] - ret[1]], [ret[2] - ret[0]]],
+            xerr=_bars(pla),
+            yerr=_bars(ret),
             fmt="o",
             capsize=3,
             label=f"{r.label} ({','.join(r.sequence)}, {len(r.seeds)} seeds)",
@@ -600,11 +606,11 @@ CURVES = {
 }
 
 
-def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -> bool:
+def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -> None:
     """One sequence's calibration curves: per knob of ``CURVES`` that takes at least two
     values, retention and plasticity (IQM, 95% CI bars) against it on a log axis, one series
     per agent label and value of the splitting knob; ``baseline``'s retention as a grey line.
-    Returns whether there was a curve to draw (nothing is written otherwise)."""
+    Nothing is written when no knob varies."""
     panels: dict[str, dict[str, list[GroupResult]]] = {}
     for r in results:
         x_knob, split = CURVES.get(r.method, ("", ""))
@@ -616,7 +622,7 @@ def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -
         k: v for k, v in panels.items() if len({r.knobs[k] for g in v.values() for r in g}) > 1
     }
     if not panels:
-        return False
+        return
     plt = pyplot()
     fig, axes = plt.subplots(
         1, len(panels), figsize=(max(8.0, 6.0 * len(panels)), 5.0), squeeze=False
@@ -630,7 +636,7 @@ def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -
             for quantity, style in (("retention", "-o"), ("plasticity", "--s")):
                 t = np.array([r.aggregates[quantity] for r in groups])
                 ax.errorbar(
-                    x, t[:, 0], yerr=[t[:, 0] - t[:, 1], t[:, 2] - t[:, 0]], fmt=style,
+                    x, t[:, 0], yerr=_bars(t), fmt=style,
                     color=f"C{n}", capsize=3, label=f"{quantity}: {name}",
                 )  # fmt: skip
         if base and np.isfinite(base[0].aggregates["retention"][0]):
@@ -651,7 +657,6 @@ def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return True
 
 
 def plot_heatmaps(groups: dict[str, list[Run]], path: Path) -> None:
