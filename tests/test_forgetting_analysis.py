@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -199,3 +201,54 @@ def test_calibration_knobs_front_and_curves(tmp_path: Path) -> None:
     one = az.analyze(runs[:3], scratch, out2, reps=50)
     assert az.trade_off_front(one) == one and not (out2 / "knobs_freeway-boxing.png").exists()
     assert json.loads((out / "analysis.json").read_text())[0]["knobs"]["f_prior"] == 5e-14
+
+
+def test_calibration_picks_apply_the_rule_per_sequence(tmp_path: Path) -> None:
+    """Each sequence picks the best plasticity on the method's front among the settings that
+    keep 0.9; sequences that pick differently are reported as such, and a setting counts as
+    accepted everywhere only when it keeps 0.9 and reaches 0.8 on every sequence."""
+    # (f_prior, freeway after game 2 [kept of 20], boxing [gain of 20 from scratch])
+    settings = [(5e-14, 19.0, 18.1), (5e-16, 16.0, 16.1), (5e-18, 19.0, 10.1)]
+    runs = [
+        _fake_run(
+            tmp_path,
+            f"b{f}-{s}",
+            "blip",
+            s,
+            ["freeway", "boxing"],
+            [[20.0, 0.1], [kept, box]],
+            net={"f_prior": f},
+            method_config={"value_fisher_coef": 1.0},
+        )  # fmt: skip
+        for f, kept, box in settings
+        for s in (1, 2, 3)
+    ]
+    scratch = [_fake_run(tmp_path, f"s{s}", "finetune", s, ["boxing"], [[20.1]]) for s in (1, 2)]
+    res = az.analyze(runs, scratch, tmp_path / "report", reps=50)
+    # 5e-14 keeps 0.95 and learns 0.9: it beats 5e-18 (0.95, 0.5) and is the pick
+    (line,) = az.calibration_picks(res)
+    assert "`freeway,boxing` picks f_prior=5e-14, value_fisher_coef=1" in line
+    assert "one sequence only" in line and line.endswith("f_prior=5e-14, value_fisher_coef=1.")
+    assert "## Calibration rules" in (tmp_path / "report" / "forgetting.md").read_text()
+
+    def elsewhere(retention: dict[float, float]) -> list[Any]:  # the groups on another sequence
+        return [
+            replace(
+                r,
+                sequence=["pong", "krull"],
+                aggregates={**r.aggregates, "retention": (retention[r.knobs["f_prior"]],) * 3},
+            )
+            for r in res
+        ]
+
+    # A second sequence where 5e-14 forgets (retention 0.5): it picks 5e-16, the picks differ,
+    # and nothing is accepted everywhere.
+    (line,) = az.calibration_picks([*res, *elsewhere({5e-14: 0.5, 5e-16: 0.92, 5e-18: 0.95})])
+    assert "`pong,krull` picks f_prior=5e-16, value_fisher_coef=1" in line
+    assert "the picks differ" in line and line.endswith("every sequence: none.")
+    # where 5e-14 keeps 0.9 there too, both pick it and it is accepted everywhere
+    (line,) = az.calibration_picks([*res, *elsewhere({5e-14: 0.9, 5e-16: 0.92, 5e-18: 0.95})])
+    assert "every sequence picks f_prior=5e-14, value_fisher_coef=1" in line
+    assert line.endswith("every sequence: f_prior=5e-14, value_fisher_coef=1.")
+    # one setting only: no rule to apply
+    assert az.calibration_picks(res[:1]) == []

@@ -496,6 +496,61 @@ def front_markdown(results: Sequence[GroupResult]) -> list[str]:
     return lines
 
 
+def _setting(r: GroupResult) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(r.knobs.items())) or "-"
+
+
+def calibration_picks(
+    results: Sequence[GroupResult], min_retention: float = 0.9, min_plasticity: float = 0.8
+) -> list[str]:
+    """The rules of ``README.md`` (sections 4c and 4d), applied per method calibrated with
+    several settings: on each sequence, of the method's groups on the method's own trade-off
+    front that keep ``min_retention``, the one with the highest plasticity (the pick); whether
+    the sequences pick the same setting; and the settings that keep ``min_retention`` and reach
+    ``min_plasticity`` on every sequence."""
+    lines = []
+    for method in dict.fromkeys(r.method for r in results):
+        mine = [r for r in results if r.method == method]
+        if len({_setting(r) for r in mine}) < 2:
+            continue
+        seqs = list(dict.fromkeys(",".join(r.sequence) for r in mine))
+        picks, accepted = {}, []
+        for seq in seqs:
+            groups = [r for r in mine if ",".join(r.sequence) == seq]
+            keep = [
+                r for r in trade_off_front(groups)
+                if r.aggregates["retention"][0] >= min_retention
+            ]  # fmt: skip
+            best = max(keep, key=lambda r: r.aggregates["plasticity"][0], default=None)
+            picks[seq] = _setting(best) if best else None
+            accepted.append(
+                {
+                    _setting(r)
+                    for r in groups
+                    if r.aggregates["retention"][0] >= min_retention
+                    and r.aggregates["plasticity"][0] >= min_plasticity
+                }
+            )
+        said = "; ".join(
+            f"`{seq}` picks {pick or f'nothing (no setting keeps {min_retention:g})'}"
+            for seq, pick in picks.items()
+        )
+        chosen = set(picks.values())
+        if len(seqs) == 1:
+            verdict = "one sequence only"
+        elif len(chosen) == 1 and None not in chosen:
+            verdict = f"every sequence picks {chosen.pop()}"
+        else:
+            verdict = "the picks differ"
+        everywhere = sorted(set.intersection(*accepted))
+        lines.append(
+            f"- `{method}`: {said}. **{verdict}**. Settings with retention >= {min_retention:g} "
+            f"and plasticity >= {min_plasticity:g} on every sequence: "
+            f"{'; '.join(everywhere) or 'none'}."
+        )
+    return lines
+
+
 def paired_difference(
     a: GroupResult, b: GroupResult, key: str = "forgetting", reps: int = 2000
 ) -> tuple[float, float, float, int]:
@@ -563,7 +618,7 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
     return out
 
 
-def _bars(t: np.ndarray) -> np.ndarray:
+def _bars(t: Any) -> np.ndarray:
     """Error-bar lengths (below, above) of (IQM, low, high) triples, for ``errorbar``."""
     t = np.asarray(t, dtype=float).reshape(-1, 3)
     return np.stack([t[:, 0] - t[:, 1], t[:, 2] - t[:, 0]])
@@ -616,8 +671,8 @@ def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -
         x_knob, split = CURVES.get(r.method, ("", ""))
         if x_knob in r.knobs:
             agent = r.label.split(" (")[0]  # a source run and branches are separate series
-            series = agent + (f", {split}={r.knobs[split]:g}" if split in r.knobs else "")
-            panels.setdefault(x_knob, {}).setdefault(series, []).append(r)
+            name = agent + (f", {split}={r.knobs[split]:g}" if split in r.knobs else "")
+            panels.setdefault(x_knob, {}).setdefault(name, []).append(r)
     panels = {
         k: v for k, v in panels.items() if len({r.knobs[k] for g in v.values() for r in g}) > 1
     }
@@ -773,6 +828,15 @@ def analyze(
             "plasticity (IQMs), by rising plasticity: the settings a default is chosen from.",
             "",
             *front_markdown(results),
+            "",
+            "## Calibration rules",
+            "",
+            "Per method with several settings (the rules of `benchmarks/forgetting/README.md`, "
+            "sections 4c and 4d): each sequence's pick, the best plasticity on the method's own "
+            "front among the settings that keep 0.9 of the first game's gain; and the settings "
+            "that keep 0.9 and reach 0.8 plasticity everywhere.",
+            "",
+            *(calibration_picks(results) or ["- no method has several settings"]),
             "",
             "## Per game (means over seeds)",
             "",
