@@ -496,8 +496,8 @@ def front_markdown(results: Sequence[GroupResult]) -> list[str]:
     return lines
 
 
-def _setting(r: GroupResult) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in sorted(r.knobs.items())) or "-"
+def _setting(r: GroupResult, knobs: Sequence[str]) -> str:
+    return ", ".join(f"{k}={r.knobs[k]:g}" for k in knobs if k in r.knobs) or "-"
 
 
 def calibration_picks(
@@ -511,7 +511,9 @@ def calibration_picks(
     lines = []
     for method in dict.fromkeys(r.method for r in results):
         mine = [r for r in results if r.method == method]
-        if len({_setting(r) for r in mine}) < 2:
+        # the settings that tell the method's groups apart (not those they share)
+        knobs = [k for k in KNOBS if len({r.knobs.get(k) for r in mine}) > 1]
+        if not knobs:
             continue
         seqs = list(dict.fromkeys(",".join(r.sequence) for r in mine))
         picks, accepted = {}, []
@@ -522,10 +524,10 @@ def calibration_picks(
                 if r.aggregates["retention"][0] >= min_retention
             ]  # fmt: skip
             best = max(keep, key=lambda r: r.aggregates["plasticity"][0], default=None)
-            picks[seq] = _setting(best) if best else None
+            picks[seq] = _setting(best, knobs) if best else None
             accepted.append(
                 {
-                    _setting(r)
+                    _setting(r, knobs)
                     for r in groups
                     if r.aggregates["retention"][0] >= min_retention
                     and r.aggregates["plasticity"][0] >= min_plasticity
