@@ -271,6 +271,11 @@ class GroupResult:
     knobs: dict[str, float] = field(default_factory=dict)
     """The calibrated settings of the group's runs, where their config has them (``KNOBS``)."""
 
+    @property
+    def seq(self) -> str:
+        """The sequence as one string (``Run.sequence``'s form), to group results by."""
+        return ",".join(self.sequence)
+
 
 def scratch_scores(
     scratch: Sequence[Run], games: Sequence[str], steps: int
@@ -326,10 +331,10 @@ def trade_off_front(results: Sequence[GroupResult]) -> list[GroupResult]:
     def beats(a: GroupResult, b: GroupResult) -> bool:
         ra, pa = a.aggregates["retention"][0], a.aggregates["plasticity"][0]
         rb, pb = b.aggregates["retention"][0], b.aggregates["plasticity"][0]
-        return a.sequence == b.sequence and ra >= rb and pa >= pb and (ra > rb or pa > pb)
+        return a.seq == b.seq and ra >= rb and pa >= pb and (ra > rb or pa > pb)
 
     front = [b for b in points if not any(beats(a, b) for a in points)]
-    return sorted(front, key=lambda r: (",".join(r.sequence), r.aggregates["plasticity"][0]))
+    return sorted(front, key=lambda r: (r.seq, r.aggregates["plasticity"][0]))
 
 
 def analyze_group(
@@ -473,7 +478,7 @@ def aggregate_markdown(results: Sequence[GroupResult]) -> str:
     for r in results:
         a, m = r.aggregates, r.means
         lines.append(
-            f"| {','.join(r.sequence)} | {r.label} | {len(r.seeds)} "
+            f"| {r.seq} | {r.label} | {len(r.seeds)} "
             f"| {_ci(a['forgetting'])} (n={_n(r.forgetting)}) | {_ci(a['retention'])} "
             f"| {_ci(a['plasticity'])} (n={_n(r.plasticity)}) "
             f"| {_ci(a['avg_final_normalized'])} "
@@ -485,8 +490,8 @@ def aggregate_markdown(results: Sequence[GroupResult]) -> str:
 def front_markdown(results: Sequence[GroupResult]) -> list[str]:
     """One line per sequence: its trade-off front (``trade_off_front``)."""
     lines = []
-    for seq in dict.fromkeys(",".join(r.sequence) for r in results):
-        front = [r for r in trade_off_front(results) if ",".join(r.sequence) == seq]
+    for seq in dict.fromkeys(r.seq for r in results):
+        front = [r for r in trade_off_front(results) if r.seq == seq]
         points = "; ".join(
             f"{r.label}: retention {_f(r.aggregates['retention'][0])}, "
             f"plasticity {_f(r.aggregates['plasticity'][0])}"
@@ -515,10 +520,10 @@ def calibration_picks(
         knobs = [k for k in KNOBS if len({r.knobs.get(k) for r in mine}) > 1]
         if not knobs:
             continue
-        seqs = list(dict.fromkeys(",".join(r.sequence) for r in mine))
+        seqs = list(dict.fromkeys(r.seq for r in mine))
         picks, accepted = {}, []
         for seq in seqs:
-            groups = [r for r in mine if ",".join(r.sequence) == seq]
+            groups = [r for r in mine if r.seq == seq]
             keep = [
                 r for r in trade_off_front(groups)
                 if r.aggregates["retention"][0] >= min_retention
@@ -575,8 +580,8 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
     out = []
     # "blip (x=1)" pairs with "finetune@blipnet (x=1)": the same setting suffix, if any.
     suffixes = sorted({r.label[len(method) :] for r in results if r.label.startswith(method)})
-    for seq, suffix in sorted({(",".join(r.sequence), x) for r in results for x in suffixes}):
-        here = [r for r in results if ",".join(r.sequence) == seq]
+    for seq, suffix in sorted({(r.seq, x) for r in results for x in suffixes}):
+        here = [r for r in results if r.seq == seq]
         mine = [r for r in here if r.label == method + suffix]
         base = [r for r in here if r.label == baseline + suffix]
         if not mine or not base:
@@ -641,7 +646,7 @@ def plot_tradeoff(results: Sequence[GroupResult], path: Path) -> None:
             yerr=_bars(ret),
             fmt="o",
             capsize=3,
-            label=f"{r.label} ({','.join(r.sequence)}, {len(r.seeds)} seeds)",
+            label=f"{r.label} ({r.seq}, {len(r.seeds)} seeds)",
         )
     ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
     ax.axvline(0.8, color="0.6", lw=0.8, ls=":")
