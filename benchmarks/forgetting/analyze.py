@@ -512,7 +512,12 @@ def calibration_picks(
     several settings: on each sequence, of the method's groups on the method's own trade-off
     front that keep ``min_retention``, the one with the highest plasticity (the pick); whether
     the sequences pick the same setting; and the settings that keep ``min_retention`` and reach
-    ``min_plasticity`` on every sequence."""
+    ``min_plasticity`` on every sequence.
+
+    The rule's second clause (a candidate on both fronts with retention >= 0.9 and the higher
+    plasticity of the two candidates on both) needs no code: a sequence's pick has the highest
+    plasticity among its front's settings that keep ``min_retention``, so another candidate can
+    be at least as plastic there only by an exact tie of plasticity IQMs."""
     lines = []
     for method in dict.fromkeys(r.method for r in results):
         mine = [r for r in results if r.method == method]
