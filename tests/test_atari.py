@@ -345,6 +345,58 @@ def test_observation_contract(backend: str) -> None:
         full.close()
 
 
+def test_frames_match_gymnasium_and_sb3_preprocessing() -> None:
+    """Both backends and SB3's ``AtariWrapper`` see the same frames and rewards.
+
+    Freeway (no FIRE, so no wrapper presses extra buttons), no no-ops, no sticky actions, one
+    fixed action sequence. The two backends agree exactly; SB3 max-pools RGB frames before
+    converting them to gray, so about 1% of its pixels differ, by at most a few gray levels
+    on average.
+    """
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.atari_wrappers import AtariWrapper
+
+    actions = np.random.default_rng(0).choice(3, size=200, p=[0.1, 0.8, 0.1])
+    frames, rewards = {}, {}
+    for backend in BACKENDS:
+        config = AtariConfig(backend=backend, noop_max=0, sticky_actions=0.0)  # type: ignore[arg-type]
+        env = make_train_envs("freeway", 1, seed=0, config=config)
+        try:
+            obs, _ = env.reset(seed=0)
+            seen, got = [obs[0, -1]], []
+            for a in actions:
+                obs, r, *_ = env.step(np.array([a]))
+                seen.append(obs[0, -1])
+                got.append(float(r[0]))
+        finally:
+            env.close()
+        frames[backend], rewards[backend] = np.array(seen, dtype=int), got
+    gym.register_envs(ale_py)
+    sb3 = AtariWrapper(
+        gym.make("ALE/Freeway-v5", frameskip=1, repeat_action_probability=0.0),
+        noop_max=0,
+        terminal_on_life_loss=False,
+    )
+    try:
+        obs, _ = sb3.reset(seed=0)
+        seen, got = [obs[..., 0]], []
+        for a in actions:
+            obs, r, *_ = sb3.step(int(a))
+            seen.append(obs[..., 0])
+            got.append(float(r))
+    finally:
+        sb3.close()
+    frames["sb3"], rewards["sb3"] = np.array(seen, dtype=int), got
+    native = frames["native"]
+    assert np.abs(np.diff(native, axis=0)).mean() > 0.1, "the frames should move"
+    assert sum(rewards["native"]) >= 1, "the chicken should cross at least once"
+    assert np.array_equal(native, frames["gymnasium"])
+    assert rewards["native"] == rewards["gymnasium"] == rewards["sb3"]
+    differ = native != frames["sb3"]
+    assert differ.mean() < 0.03 and np.abs(native - frames["sb3"]).mean() < 0.2
+
+
 @contextlib.contextmanager
 def train_and_eval_envs(
     game: str, num_envs: int, seed: int, backend: str

@@ -7,6 +7,10 @@ Both learn the game alone for ``--steps`` env steps, with the same protocol and 
   (sticky actions off, minimal action set, 8 envs, one emulator thread, CPU), evaluated every
   ``--eval-every`` steps by the CLI;
 * **ours-fp32**: the same in float32 (``--precision fp32``), to settle bf16 against fp32;
+* **ours-noclipv**: an ablation towards SB3, the value loss not clipped (``--clip-vloss
+  false``, as SB3's default ``clip_range_vf=None``). The frames need no ablation: both env
+  backends and SB3's ``AtariWrapper`` give the same frames and rewards
+  (``tests/test_atari.py::test_frames_match_gymnasium_and_sb3_preprocessing``);
 * **SB3**: ``PPO("CnnPolicy")`` with rl-baselines3-zoo's Atari hyper-parameters (8 envs x 128
   steps, 4 epochs, minibatch 256, learning rate 2.5e-4 and clip range 0.1 both annealed
   linearly, entropy 0.01, value 0.5), on :func:`blip_rl.sb3.make_sb3_atari_env` with the same
@@ -42,19 +46,24 @@ from scan_games import protocol_flags  # same folder: the forgetting runs' proto
 from blip_rl.files import atomic_write, read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
-IMPLS = ("ours", "ours-fp32", "sb3")
-PRECISION = {"ours": "bf16", "ours-fp32": "fp32"}
-LABELS = {"ours": "ours (plain PPO, bf16)", "ours-fp32": "ours (fp32)", "sb3": "SB3 PPO"}
+OURS = {
+    # name: (label, extra CLI flags); each variant changes one thing against "ours"
+    "ours": ("ours (plain PPO, bf16)", []),
+    "ours-fp32": ("ours (fp32)", ["--precision=fp32"]),
+    "ours-noclipv": ("ours, value loss not clipped", ["--clip-vloss=false"]),
+}
+IMPLS = (*OURS, "sb3")
+LABELS = {**{k: v[0] for k, v in OURS.items()}, "sb3": "SB3 PPO"}
 
 
 def run_ours(
-    game: str, seed: int, args: argparse.Namespace, precision: str = "bf16"
+    game: str, seed: int, args: argparse.Namespace, impl: str = "ours"
 ) -> list[dict[str, float]]:
     """Train with the CLI in a temporary run folder; the curve from its ``evals.csv``."""
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
         cmd = [sys.executable, "-m", "blip_rl.train", f"--games={game}", "--agent=finetune"]
         cmd += protocol_flags(seed, args.steps, args.eval_every, args.eval_episodes)
-        cmd += [f"--precision={precision}"]
+        cmd += OURS[impl][1]
         cmd += [f"--runs-dir={tmp}", "--run-name=run"]
         subprocess.run(cmd, check=True, cwd=REPO)
         with open(Path(tmp) / "run" / "evals.csv", newline="") as f:
@@ -188,7 +197,7 @@ def main() -> None:
             if impl == "sb3":
                 curve = run_sb3(args.game, seed, args)
             else:
-                curve = run_ours(args.game, seed, args, PRECISION[impl])
+                curve = run_ours(args.game, seed, args, impl)
             seconds = time.perf_counter() - t0
             write_json(path, {"game": args.game, "impl": impl, "seed": seed, "curve": curve,
                               "steps": args.steps, "seconds": seconds})  # fmt: skip
