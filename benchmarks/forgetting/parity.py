@@ -11,6 +11,8 @@ Both learn the game alone for ``--steps`` env steps, with the same protocol and 
   false``, as SB3's default ``clip_range_vf=None``). The frames need no ablation: both env
   backends and SB3's ``AtariWrapper`` give the same frames and rewards
   (``tests/test_atari.py::test_frames_match_gymnasium_and_sb3_preprocessing``);
+* **sb3-constclip**: the other ablation, SB3 with the clip range kept at 0.1 (as ours) instead
+  of rl-zoo's linear annealing to 0;
 * **SB3**: ``PPO("CnnPolicy")`` with rl-baselines3-zoo's Atari hyper-parameters (8 envs x 128
   steps, 4 epochs, minibatch 256, learning rate 2.5e-4 and clip range 0.1 both annealed
   linearly, entropy 0.01, value 0.5), on :func:`blip_rl.sb3.make_sb3_atari_env` with the same
@@ -52,8 +54,9 @@ OURS = {
     "ours-fp32": ("ours (fp32)", ["--precision=fp32"]),
     "ours-noclipv": ("ours, value loss not clipped", ["--clip-vloss=false"]),
 }
-IMPLS = (*OURS, "sb3")
-LABELS = {**{k: v[0] for k, v in OURS.items()}, "sb3": "SB3 PPO"}
+SB3 = {"sb3": "SB3 PPO", "sb3-constclip": "SB3, clip range not annealed"}
+IMPLS = (*OURS, *SB3)
+LABELS = {**{k: v[0] for k, v in OURS.items()}, **SB3}
 
 
 def run_ours(
@@ -71,8 +74,11 @@ def run_ours(
     return [{"step": float(r["global_step"]), "return": float(r["return"])} for r in rows]
 
 
-def run_sb3(game: str, seed: int, args: argparse.Namespace) -> list[dict[str, float]]:
-    """rl-zoo's PPO on the same protocol, evaluated every ``eval_every`` env steps."""
+def run_sb3(
+    game: str, seed: int, args: argparse.Namespace, impl: str = "sb3"
+) -> list[dict[str, float]]:
+    """rl-zoo's PPO on the same protocol, evaluated every ``eval_every`` env steps
+    (``sb3-constclip``: the clip range stays 0.1, as ours)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -112,7 +118,7 @@ def run_sb3(game: str, seed: int, args: argparse.Namespace) -> list[dict[str, fl
         batch_size=256,
         n_epochs=4,
         learning_rate=lambda f: 2.5e-4 * f,
-        clip_range=lambda f: 0.1 * f,
+        clip_range=0.1 if impl == "sb3-constclip" else (lambda f: 0.1 * f),
         ent_coef=0.01,
         vf_coef=0.5,
         seed=seed,
@@ -194,8 +200,8 @@ def main() -> None:
             if path.is_file():
                 continue
             t0 = time.perf_counter()
-            if impl == "sb3":
-                curve = run_sb3(args.game, seed, args)
+            if impl in SB3:
+                curve = run_sb3(args.game, seed, args, impl)
             else:
                 curve = run_ours(args.game, seed, args, impl)
             seconds = time.perf_counter() - t0
