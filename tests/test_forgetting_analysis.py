@@ -130,6 +130,15 @@ def test_analyze_run_folders_end_to_end(tmp_path: Path) -> None:
     for name in ("retention_plasticity.png", "heatmaps_freeway-boxing.png", "analysis.json"):
         assert (out / name).stat().st_size > 0
     assert az.main([str(tmp_path / "nope")]) == 2
+    # a seed that never learned game 1 has nothing to forget: 3 runs, but 2 seeds for the bar
+    unlearned = [
+        _fake_run(tmp_path, f"{k}3x", agent, 3, games, [[0.0, 0.1], [0.0, 10.1]])
+        for k, agent in (("b", "blip"), ("f", "finetune"))
+    ]
+    kept = runs[:2] + runs[3:5]  # seeds 1 and 2 of blip and of fine-tuning
+    az.analyze(kept + unlearned, scratch, out, reps=50)
+    text = (out / "forgetting.md").read_text()
+    assert "inconclusive, 2 seed(s) with a learned game to forget" in text
 
 
 def test_groups_keep_protocols_and_trained_game_branches_apart(tmp_path: Path) -> None:
