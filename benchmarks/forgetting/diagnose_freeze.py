@@ -30,6 +30,7 @@ import torch
 
 from blip_rl.atari.config import AtariConfig
 from blip_rl.atari.envs import make_eval_envs
+from blip_rl.config import RunConfig
 from blip_rl.continual import load_checkpoint
 from blip_rl.errors import UsageError, run_cli
 from blip_rl.files import read_json
@@ -69,12 +70,10 @@ def _probs(p: torch.Tensor) -> str:
 def diagnose(run: Path, steps: int) -> str:
     if not (run / "config.json").is_file():
         raise UsageError(f"{run} is not a run folder (no config.json)")
-    config = read_json(run / "config.json")
-    game = config["games"][0]
-    net_config = NetConfig(**{**config["net"], "channels": tuple(config["net"]["channels"])})
+    config = RunConfig.from_json(read_json(run / "config.json"))
+    game, net_config, atari = config.games[0], config.net, config.atari
     if not net_config.blip:
         raise UsageError(f"{run} is not a BLIP-network run (net.blip is false)")
-    atari = AtariConfig(**config["atari"])
     before, state = load_net(run / "checkpoints" / "after-game-1.pt", net_config)
     after, _ = load_net(run / "checkpoints" / "latest.pt", net_config)
     states = game_states(before, game, atari, steps)
