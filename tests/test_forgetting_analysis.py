@@ -127,6 +127,15 @@ def test_analyze_run_folders_end_to_end(tmp_path: Path) -> None:
     az.analyze(runs, [], out, reps=50)
     text = (out / "forgetting.md").read_text()
     assert "plasticity not measured" in text and "**bar met**" not in text
+    # from-scratch runs that exist but did not learn the game: undefined, and said so
+    flat = [
+        _fake_run(tmp_path, f"z{s}", "finetune", s, ["boxing"], [[v]])
+        for s, v in enumerate([0.1, 0.2, 0.1], start=1)
+    ]
+    az.analyze(runs, flat, out, reps=50)
+    text = (out / "forgetting.md").read_text()
+    assert "the from-scratch runs did not learn boxing" in text
+    assert "plasticity not measured" not in text and "**bar met**" not in text
     for name in ("retention_plasticity.png", "heatmaps_freeway-boxing.png", "analysis.json"):
         assert (out / name).stat().st_size > 0
     assert az.main([str(tmp_path / "nope")]) == 2

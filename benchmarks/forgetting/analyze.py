@@ -270,6 +270,8 @@ class GroupResult:
     """The continual method of the group's runs (``blip``, ``finetune``, ``ewc``...)."""
     knobs: dict[str, float] = field(default_factory=dict)
     """The calibrated settings of the group's runs, where their config has them (``KNOBS``)."""
+    scratch_learned: dict[str, bool] = field(default_factory=dict)
+    """Each later game that has from-scratch runs at this budget: whether they learned it."""
 
     @property
     def seq(self) -> str:
@@ -344,7 +346,7 @@ def analyze_group(
     games = runs[0].games
     k = len(games)
     steps = runs[0].data.steps_per_game
-    s_scores, s_ok, _ = scratch_scores(scratch, games, steps)
+    s_scores, s_ok, s_counts = scratch_scores(scratch, games, steps)
     rows: dict[str, list[np.ndarray]] = {
         n: [] for n in ("diag", "final", "gain", "learned", "forgetting", "plasticity", "norm")
     }
@@ -385,6 +387,7 @@ def analyze_group(
     res.mean_bits = finite_mean(np.array([math.nan if b is None else b for b in bits], float))
     res.method = runs[0].data.method
     res.knobs = knob_values(runs[0].data.config)
+    res.scratch_learned = {g: bool(s_ok[j]) for j, g in enumerate(games) if j and s_counts[g]}
     quantities = {
         "forgetting": res.forgetting,
         "retention": 1 - res.forgetting,
@@ -583,6 +586,18 @@ def _seeds_with_forgetting(r: GroupResult) -> int:
     return int(np.isfinite(r.forgetting).any(axis=1).sum())
 
 
+def _why_no_plasticity(r: GroupResult) -> str:
+    if not r.scratch_learned:
+        return "plasticity not measured (no from-scratch run at this budget)"
+    unlearned = [g for g, ok in r.scratch_learned.items() if not ok]
+    if len(unlearned) == len(r.scratch_learned):
+        return (
+            "plasticity undefined (the from-scratch runs did not learn "
+            f"{', '.join(unlearned)}: no gain to divide by)"
+        )
+    return "plasticity undefined (no run of the group learned a game it can be measured on)"
+
+
 def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> list[str]:
     """Issue 9's bar per sequence: ``method``'s forgetting at most a third of ``baseline``'s
     with separated CIs, and ``method``'s plasticity at least 0.8."""
@@ -620,7 +635,7 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
         if steps < 200_000:
             missing.append(f"{steps} env steps per game, below the bar's 200k")
         if not np.isfinite(pm[0]):
-            missing.append("plasticity not measured (no from-scratch run at this budget)")
+            missing.append(_why_no_plasticity(mine[0]))
         elif pm[0] < 0.8:
             missing.append(f"plasticity {pm[0]:.2f} < 0.8")
         verdict = "bar met" if not missing else "bar not met: " + "; ".join(missing)
