@@ -587,6 +587,7 @@ def _seeds_with_forgetting(r: GroupResult) -> int:
 
 
 def _why_no_plasticity(r: GroupResult) -> str:
+    """Why ``r``'s plasticity IQM is NaN, for the bar line."""
     if not r.scratch_learned:
         return "plasticity not measured (no from-scratch run at this budget)"
     unlearned = [g for g, ok in r.scratch_learned.items() if not ok]
@@ -595,7 +596,7 @@ def _why_no_plasticity(r: GroupResult) -> str:
             "plasticity undefined (the from-scratch runs did not learn "
             f"{', '.join(unlearned)}: no gain to divide by)"
         )
-    return "plasticity undefined (no run of the group learned a game it can be measured on)"
+    return "plasticity undefined (no run reached a game with a learned from-scratch reference)"
 
 
 def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> list[str]:
