@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from pathlib import Path
 
 from run_evidence import REPO, train  # same folder: one run, resumed or skipped when done
@@ -48,11 +49,23 @@ def main() -> None:
     )
     ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "forgetting" / "calib")
     ap.add_argument("--code", type=Path, default=None, help="import blip_rl from this copy")
+    ap.add_argument(
+        "--only",
+        default="",
+        metavar="NAMES",
+        help="run only these of each seed's runs (comma-separated: blip, finetune or variant "
+        "names), to split one plan over several workers; a branch whose checkpoint does not "
+        "exist yet waits for it",
+    )
     args = ap.parse_args()
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     variants = [v.partition("=") for v in args.variant]
     if len(games) < 2 or not variants or any(not name for name, _, _ in variants):
         ap.error("need a sequence of at least two games and at least one --variant NAME=FLAGS")
+    names = {"blip", "finetune", *(name for name, _, _ in variants)}
+    only = {n.strip() for n in args.only.split(",") if n.strip()} or names
+    if only - names:
+        ap.error(f"--only: unknown run(s) {sorted(only - names)}; accepted: {sorted(names)}")
     code = args.code.resolve() if args.code else None
     agent_flag = argparse.ArgumentParser(add_help=False)
     agent_flag.add_argument("--agent", default="blip")
@@ -60,8 +73,15 @@ def main() -> None:
     failed = 0
     for seed in (int(s) for s in args.seeds.split(",")):
 
-        def run(name: str, agent: str, flags: list[str], seed: int = seed) -> None:
+        def run(
+            key: str, name: str, agent: str, flags: list[str], wait: Path | None = None,
+            seed: int = seed,
+        ) -> None:  # fmt: skip
             nonlocal failed
+            if key not in only:
+                return
+            while wait is not None and not wait.exists():  # another worker trains game 1
+                time.sleep(30)
             folder = root / f"{name}-s{seed}"
             rc = train(
                 folder, games, agent, seed, args.steps, args.eval_every, args.eval_episodes,
@@ -70,17 +90,21 @@ def main() -> None:
             failed += rc != 0
 
         source = root / f"blip-s{seed}" / "checkpoints"
-        run("blip", "blip", [])
+        run("blip", "blip", "blip", [])
         for name, _, flags in variants:
-            branch = ["--from-checkpoint", str(source / "trained-game-1.pt")]
+            trained = source / "trained-game-1.pt"
             tokens = shlex.split(flags)
             # A variant may run another method's end-of-game step: "--agent ewc --ewc-lambda 1.3"
             agent = agent_flag.parse_known_args(tokens)[0].agent
-            run(f"{agent}-{name}", agent, [*branch, *tokens])
+            branch = ["--from-checkpoint", str(trained), *tokens]
+            run(name, f"{agent}-{name}", agent, branch, trained)
+        after = source / "after-game-1.pt"
         run(
+            "finetune",
             "finetune-blipnet",
             "finetune",
-            ["--from-checkpoint", str(source / "after-game-1.pt"), "--blip", "true"],
+            ["--from-checkpoint", str(after), "--blip", "true"],
+            after,
         )
     raise SystemExit(1 if failed else 0)
 
