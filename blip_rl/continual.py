@@ -377,9 +377,13 @@ class ContinualRun:
             atomic_write(self.ckpt_dir / name, data)
 
     # ------------------------------------------------------------------------------ evaluation
+    def _autocast(self) -> torch.dtype | None:
+        """The autocast dtype of training and evaluation here (None: float32)."""
+        return autocast_dtype(self.ppo_config.precision, self.device)
+
     def _policy_fn(self, head: int) -> Callable[[np.ndarray], np.ndarray]:
         net = self.net
-        dtype = autocast_dtype(self.ppo_config.precision, self.device)  # as PPO trains
+        dtype = self._autocast()
 
         def act(obs: np.ndarray) -> np.ndarray:
             with (
@@ -716,6 +720,8 @@ class ContinualRun:
             "global_steps": self.progress.global_step,
             "wall_time_s": wall,
             "resumes": self.progress.resumes,
+            # what the last process computed in: "bf16" falls back to fp32 on a CPU without it
+            "precision_used": "bf16" if self._autocast() is torch.bfloat16 else "fp32",
             "branched_from": self.cfg.branched_from,
             "memory_bytes_per_param": self.method.memory_bytes_per_param(self.net),
             "after_game": self.history.after_game,

@@ -17,6 +17,7 @@ from tiny import TINY
 
 from blip_rl.config import RunConfig
 from blip_rl.continual import ContinualRun, load_checkpoint
+from blip_rl.ppo import bf16_supported
 from blip_rl.train import main
 
 BLIP = ["--fisher-states", "96"]
@@ -42,6 +43,8 @@ def test_two_games_end_to_end(tmp_path: Path, capsys) -> None:
     assert len(summary["metrics"]["matrix"]) == 2
     assert all(len(row) == 2 for row in summary["metrics"]["matrix"])
     assert 0 < summary["memory_bytes_per_param"] <= 8
+    # "bf16" (the default) is what ran only where the CPU has it; the summary says which
+    assert summary["precision_used"] == ("bf16" if bf16_supported() else "fp32")
 
     acc = events(run)
     tags = set(acc.Tags()["scalars"])
@@ -143,7 +146,7 @@ def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, ca
 
 def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
     argv = [*TINY, "--games", "breakout", "--agent", "finetune", "--steps-per-game", "64"]
-    argv += ["--shared-head", "--eval-every", "0"]
+    argv += ["--shared-head", "--eval-every", "0", "--precision", "fp32"]
     assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "f"]) == 0
 
     def strict(name: str) -> None:
@@ -151,6 +154,7 @@ def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
 
     summary = json.loads((tmp_path / "f" / "summary.json").read_text(), parse_constant=strict)
     assert summary["method"] == "finetune" and summary["memory_bytes_per_param"] == 0
+    assert summary["precision_used"] == "fp32"
     # One game: forgetting is undefined, and written as null (strict JSON), not NaN.
     assert summary["metrics"]["average_forgetting"] is None
     json.loads((tmp_path / "f" / "metrics.json").read_text(), parse_constant=strict)
