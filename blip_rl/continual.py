@@ -46,7 +46,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,8 +436,13 @@ class ContinualRun:
     def _write_evals_csv(self) -> None:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["global_step", "game_index", "after_game", "game", "return", "normalized"])
+        w.writerow(
+            ["global_step", "game_index", "after_game", "game", "return", "normalized"]
+            + ["stderr", "episodes"]
+        )
         for e in self.history.evals:
+            returns = e.get("returns") or []
+            sem = _stderr(returns)
             w.writerow(
                 [
                     e["global_step"],
@@ -446,6 +451,8 @@ class ContinualRun:
                     e["game"],
                     f"{e['return']:.4f}",
                     "" if e["normalized"] is None else f"{e['normalized']:.6f}",
+                    "" if math.isnan(sem) else f"{sem:.4f}",
+                    len(returns),
                 ]
             )
         atomic_write(self.run_dir / "evals.csv", buf.getvalue().encode())
@@ -490,11 +497,7 @@ class ContinualRun:
         rows: list[list[float]] = []
         for i in range(len(self.history.matrix)):
             by_game = {e["game"]: e["returns"] for e in self.history.evals if e["after_game"] == i}
-            row = []
-            for name in names:
-                x = np.asarray(by_game.get(name, []), dtype=float)
-                row.append(float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else math.nan)
-            rows.append(row)
+            rows.append([_stderr(by_game.get(name, [])) for name in names])
         return rows
 
     # ------------------------------------------------------------------------------ the loop
@@ -728,6 +731,12 @@ class ContinualRun:
             "metrics": m,
             "scalars": scalars,
         }
+
+
+def _stderr(returns: Sequence[float]) -> float:
+    """Standard error of the mean of one evaluation's episode returns (NaN under 2 episodes)."""
+    x = np.asarray(returns, dtype=float)
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else math.nan
 
 
 def _nanmean(values: list[float]) -> float | None:

@@ -141,6 +141,9 @@ def _read_evals(run: Path) -> list[dict[str, Any]]:
             r["game_index"] = int(r["game_index"])
             r["return"] = _float(r["return"])
             r["normalized"] = _float(r.get("normalized"))
+            # standard error over the episodes and their number (absent in older runs: NaN, 0)
+            r["stderr"] = _float(r.get("stderr"))
+            r["episodes"] = int(r.get("episodes") or 0)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"{run}: unreadable evals.csv ({type(exc).__name__})") from None
     return rows

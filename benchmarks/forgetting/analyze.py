@@ -179,7 +179,8 @@ def _sem(values: Sequence[float]) -> float:
 
 def episode_returns(run: Path) -> dict[tuple[int, str], list[float]]:
     """``(after_game, game) -> episode returns`` of the after-game evaluations, from the run's
-    newest after-game checkpoint (``evals.csv`` holds means only). Empty when unavailable."""
+    newest after-game checkpoint: for runs whose ``evals.csv`` predates its ``stderr`` column.
+    Empty when unavailable."""
     ckpts = sorted(
         (run / "checkpoints").glob("after-game-*.pt"),
         key=lambda p: int(p.stem.rsplit("-", 1)[1]),
@@ -234,12 +235,17 @@ def read_run(path: str | Path) -> Run:
     if Path(source).name.startswith("trained-game-"):
         data.config["agent"] = f"{data.config['agent']}@branch"
     k = len(data.games)
-    rets = episode_returns(Path(path))
     se = np.full((len(data.matrix), k), math.nan)
-    for i in range(len(data.matrix)):
-        for j, g in enumerate(data.games):
-            if (i, g) in rets:
-                se[i, j] = _sem(rets[(i, g)])
+    index = {g: j for j, g in enumerate(data.games)}
+    for e in data.evals:  # evals.csv keeps each evaluation's standard error
+        i = e.get("after_game")
+        if i not in (None, "") and int(i) < len(data.matrix) and e["game"] in index:
+            se[int(i), index[e["game"]]] = e["stderr"]
+    if np.isnan(se).all():  # a run from before evals.csv had it: its after-game checkpoint
+        rets = episode_returns(Path(path))
+        for (i, g), returns in rets.items():
+            if i < len(data.matrix) and g in index:
+                se[i, index[g]] = _sem(returns)
     refs = [reference_scores(g) for g in data.games]
     random = np.array([math.nan if r is None else r[0] for r in refs])
     human = np.array([math.nan if r is None else r[1] for r in refs])

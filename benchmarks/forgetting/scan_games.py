@@ -150,26 +150,30 @@ def read_points(runs_dir: Path) -> list[Point]:
         if len(summary["games"]) != 1:
             continue
         game = summary["games"][0]
-        returns = episode_returns(folder)
         with open(folder / "evals.csv") as f:
-            for row in csv.DictReader(f):
-                step = int(row["global_step"])
-                eps = returns.get(step, [])
-                n = len(eps)
-                mean = float(row["return"])
-                sem = _sem(eps)
-                points.append(
-                    Point(
-                        game=game,
-                        seed=int(summary["seed"]),
-                        run_steps=int(summary["steps_per_game"]),
-                        step=step,
-                        mean=mean,
-                        sem=sem,
-                        episodes=n,
-                        wall_s=float(summary.get("wall_time_s", math.nan)),
-                    )
+            rows = list(csv.DictReader(f))
+        # evals.csv has each evaluation's standard error; older runs keep it in a checkpoint
+        returns = {} if rows and rows[0].get("stderr") is not None else episode_returns(folder)
+        for row in rows:
+            step = int(row["global_step"])
+            mean = float(row["return"])
+            if step in returns:
+                n, sem = len(returns[step]), _sem(returns[step])
+            else:
+                n = int(row.get("episodes") or 0)
+                sem = float(row["stderr"]) if row.get("stderr") else math.nan
+            points.append(
+                Point(
+                    game=game,
+                    seed=int(summary["seed"]),
+                    run_steps=int(summary["steps_per_game"]),
+                    step=step,
+                    mean=mean,
+                    sem=sem,
+                    episodes=n,
+                    wall_s=float(summary.get("wall_time_s", math.nan)),
                 )
+            )
     return points
 
 
