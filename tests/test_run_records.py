@@ -4,7 +4,9 @@ the forgetting analysis and the game scan take from it, without the checkpoints.
 from __future__ import annotations
 
 import csv
+import io
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,10 @@ from blip_rl.train import main as train
 az = load_script("benchmarks/forgetting/analyze.py", "forgetting_analyze")
 sg = load_script("benchmarks/forgetting/scan_games.py", "forgetting_scan_games")
 ar = load_script("benchmarks/forgetting/archive_runs.py", "forgetting_archive_runs")
+
+
+def _text(path: Path) -> str:
+    return path.read_text().replace("\r\n", "\n")
 
 
 def test_records_rebuild_the_analysis_and_refuse_another_run(tmp_path: Path, capsys) -> None:
@@ -40,8 +46,16 @@ def test_records_rebuild_the_analysis_and_refuse_another_run(tmp_path: Path, cap
         assert int(row["episodes"]) == len(x) == 3
         assert float(row["stderr"]) == pytest.approx(x.std(ddof=1) / math.sqrt(3), abs=1e-4)
 
+    # A run from before evals.csv had those columns: its record gets them from its checkpoint.
+    old = runs / "old" / "blip-s1"
+    shutil.copytree(run, old)
+    with (old / "evals.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(r[:6] for r in csv.reader(io.StringIO(_text(run / "evals.csv"))))
+    assert "stderr" not in _text(old / "evals.csv")
+
     records = tmp_path / "records"
     assert ar.main([str(runs), "--to", str(records)]) == 0
+    assert _text(records / "old" / "blip-s1" / "evals.csv") == _text(run / "evals.csv")
     record = records / "seq" / "blip-s1"
     assert sorted(p.name for p in record.iterdir()) == sorted(ar.RECORD_FILES)
     # The record gives the analysis the same matrix and standard errors as the run folder,

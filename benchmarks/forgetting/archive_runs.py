@@ -12,13 +12,18 @@ such a record as they read the run folder. Runs of several sessions then add up 
     python benchmarks/forgetting/analyze.py benchmarks/forgetting/records/calib500k/... \\
         --out benchmarks/forgetting/...
 
-A record that is already there with the same content is kept; one that differs (another run
-under the same name) stops the command before anything is written (exit 2).
+A run written before ``evals.csv`` had its ``stderr`` and ``episodes`` columns gets them in its
+record, from the episode returns in its newest checkpoint. A record that is already there with
+the same content is kept; one that differs (another run under the same name) stops the command
+before anything is written (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import math
 import sys
 from pathlib import Path
 
@@ -26,9 +31,43 @@ HERE = Path(__file__).resolve().parent
 RECORD_FILES = ("config.json", "summary.json", "metrics.json", "evals.csv", "matrix.csv")
 
 
-def plan(src: Path, dest: Path) -> tuple[list[tuple[Path, Path]], int, list[str]]:
-    """The copies to make, the number of runs already recorded, and the conflicts."""
-    copies: list[tuple[Path, Path]] = []
+def evals_with_stderr(run: Path) -> bytes:
+    """``evals.csv`` with each evaluation's standard error and episode count: as written, or
+    for an older run completed from the episode returns its newest checkpoint keeps."""
+    text = (run / "evals.csv").read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or "stderr" in rows[0]:
+        return text.encode()
+    ckpts = sorted((run / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    if not ckpts:
+        return text.encode()
+    import torch
+
+    evals = torch.load(ckpts[-1], map_location="cpu", weights_only=False).get("evals", [])
+    returns = {(int(e["global_step"]), str(e["game"])): e.get("returns") or [] for e in evals}
+    step, game = rows[0].index("global_step"), rows[0].index("game")
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow([*rows[0], "stderr", "episodes"])
+    for row in rows[1:]:
+        x = [float(v) for v in returns.get((int(row[step]), row[game]), [])]
+        n = len(x)
+        sem = math.sqrt(sum((v - sum(x) / n) ** 2 for v in x) / (n - 1) / n) if n > 1 else None
+        w.writerow([*row, "" if sem is None else f"{sem:.4f}", n])
+    return out.getvalue().encode()
+
+
+def record(run: Path) -> dict[str, bytes]:
+    """The record of one finished run: file name -> content."""
+    files = {n: (run / n).read_bytes() for n in RECORD_FILES if (run / n).is_file()}
+    if "evals.csv" in files:
+        files["evals.csv"] = evals_with_stderr(run)
+    return files
+
+
+def plan(src: Path, dest: Path) -> tuple[list[tuple[Path, bytes]], int, list[str]]:
+    """The files to write, the number of runs already recorded, and the conflicts."""
+    writes: list[tuple[Path, bytes]] = []
     kept = 0
     conflicts: list[str] = []
     for summary in sorted(src.rglob("summary.json")):
@@ -36,15 +75,14 @@ def plan(src: Path, dest: Path) -> tuple[list[tuple[Path, Path]], int, list[str]
         if dest.resolve() in run.resolve().parents:
             continue  # a record inside SRC is not a run
         target = dest / run.relative_to(src)
-        files = [(run / n, target / n) for n in RECORD_FILES if (run / n).is_file()]
-        same = [t.is_file() and t.read_bytes() == s.read_bytes() for s, t in files]
-        if all(same):
+        files = [(target / n, data) for n, data in record(run).items()]
+        if all(t.is_file() and t.read_bytes() == data for t, data in files):
             kept += 1
         elif target.exists():
             conflicts.append(str(target))
         else:
-            copies += files
-    return copies, kept, conflicts
+            writes += files
+    return writes, kept, conflicts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.src.is_dir():
         print(f"error: {args.src}: no such folder of runs", file=sys.stderr)
         return 2
-    copies, kept, conflicts = plan(args.src, args.to)
+    writes, kept, conflicts = plan(args.src, args.to)
     if conflicts:
         print(
             f"error: {conflicts[0]} holds another run's record"
@@ -64,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    for source, target in copies:
+    for target, data in writes:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(source.read_bytes())
-    runs = len({t.parent for _, t in copies})
+        target.write_bytes(data)
+    runs = len({t.parent for t, _ in writes})
     print(f"archive_runs: {runs} run(s) recorded in {args.to}, {kept} already there")
     return 0
 
