@@ -11,6 +11,10 @@ Both learn the game alone for ``--steps`` env steps, with the same protocol and 
   false``, as SB3's default ``clip_range_vf=None``). The frames need no ablation: both env
   backends and SB3's ``AtariWrapper`` give the same frames and rewards
   (``tests/test_atari.py::test_frames_match_gymnasium_and_sb3_preprocessing``);
+* **ours-sb3v**: SB3's value loss as a whole: not clipped, and weighted as SB3 weights it. SB3
+  adds ``vf_coef * mse(returns, values)`` to the loss, CleanRL (and ours)
+  ``vf_coef * 0.5 * mse``, so at the same ``vf_coef`` 0.5 SB3's value gradient is twice ours,
+  and both clip the whole gradient's norm at 0.5 (``--clip-vloss false --vf-coef 1.0``);
 * **sb3-constclip**: the other ablation, SB3 with the clip range kept at 0.1 (as ours) instead
   of rl-zoo's linear annealing to 0;
 * **SB3**: ``PPO("CnnPolicy")`` with rl-baselines3-zoo's Atari hyper-parameters (8 envs x 128
@@ -53,6 +57,7 @@ OURS = {
     "ours": ("ours (plain PPO, bf16)", []),
     "ours-fp32": ("ours (fp32)", ["--precision=fp32"]),
     "ours-noclipv": ("ours, value loss not clipped", ["--clip-vloss=false"]),
+    "ours-sb3v": ("ours, SB3's value loss", ["--clip-vloss=false", "--vf-coef=1.0"]),
 }
 SB3 = {"sb3": "SB3 PPO", "sb3-constclip": "SB3, clip range not annealed"}
 IMPLS = (*OURS, *SB3)
@@ -61,8 +66,9 @@ LABELS = {**{k: v[0] for k, v in OURS.items()}, **SB3}
 
 def run_ours(
     game: str, seed: int, args: argparse.Namespace, impl: str = "ours"
-) -> list[dict[str, float]]:
-    """Train with the CLI in a temporary run folder; the curve from its ``evals.csv``."""
+) -> tuple[list[dict[str, float]], str]:
+    """Train with the CLI in a temporary run folder; the curve from its ``evals.csv`` and the
+    precision that ran (bf16 falls back to fp32 on a CPU without it)."""
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
         cmd = [sys.executable, "-m", "blip_rl.train", f"--games={game}", "--agent=finetune"]
         cmd += protocol_flags(seed, args.steps, args.eval_every, args.eval_episodes)
@@ -71,7 +77,9 @@ def run_ours(
         subprocess.run(cmd, check=True, cwd=REPO)
         with open(Path(tmp) / "run" / "evals.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-    return [{"step": float(r["global_step"]), "return": float(r["return"])} for r in rows]
+        precision = read_json(Path(tmp) / "run" / "summary.json")["precision_used"]
+    curve = [{"step": float(r["global_step"]), "return": float(r["return"])} for r in rows]
+    return curve, precision
 
 
 def run_sb3(
@@ -134,11 +142,15 @@ def run_sb3(
 def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
     """Every curve present at the evaluation points: mean [95% CI] over seeds, and each seed."""
     curves: dict[str, dict[int, list[dict[str, float]]]] = {}
+    ran: dict[str, set[str]] = {}  # the precision each run recorded (runs before it: none)
     for impl in IMPLS:
         for s in seeds:
             path = out / f"{game}-{impl}-s{s}.json"
             if path.is_file():
-                curves.setdefault(impl, {})[s] = read_json(path)["curve"]
+                data = read_json(path)
+                curves.setdefault(impl, {})[s] = data["curve"]
+                if "precision_used" in data:
+                    ran.setdefault(impl, set()).add(data["precision_used"])
     impls = list(curves)
     lines = [
         f"# Learning parity on {game}",
@@ -173,6 +185,13 @@ def table(game: str, out: Path, seeds: list[int], eval_every: int) -> str:
                 cells.append("-")
             per_seed.append(", ".join(f"s{s} {v:.1f}" for s, v in vals) or "-")
         lines.append(f"| {step} | " + " | ".join(cells + per_seed) + " |")
+    if ran:
+        lines += [
+            "",
+            "Precision that ran, where the run recorded it: "
+            + "; ".join(f"{LABELS[i]}: {', '.join(sorted(p))}" for i, p in ran.items())
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -201,12 +220,13 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             if impl in SB3:
-                curve = run_sb3(args.game, seed, args, impl)
+                curve, precision = run_sb3(args.game, seed, args, impl), "fp32"
             else:
-                curve = run_ours(args.game, seed, args, impl)
+                curve, precision = run_ours(args.game, seed, args, impl)
             seconds = time.perf_counter() - t0
             write_json(path, {"game": args.game, "impl": impl, "seed": seed, "curve": curve,
-                              "steps": args.steps, "seconds": seconds})  # fmt: skip
+                              "steps": args.steps, "seconds": seconds,
+                              "precision_used": precision})  # fmt: skip
             print(f"[parity] {impl} {args.game} s{seed}: {seconds:.0f} s, {curve}", flush=True)
             write_table(args, seeds)
     print(write_table(args, seeds))
