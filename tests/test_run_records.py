@@ -16,6 +16,7 @@ from scripts import load_script
 from tiny import TINY
 
 from blip_rl.continual import load_checkpoint
+from blip_rl.ppo import bf16_supported
 from blip_rl.train import main as train
 
 az = load_script("benchmarks/forgetting/analyze.py", "forgetting_analyze")
@@ -72,6 +73,10 @@ def test_records_rebuild_the_analysis_and_refuse_another_run(tmp_path: Path, cap
     assert [p.sem for p in points] == pytest.approx(
         [p.sem for p in sg.read_points(runs / "scan")], abs=1e-4
     )
+    sg.write_report(records / "scan", tmp_path / "scan.md")
+    ran = "bf16" if bf16_supported() else "fp32"
+    text = _text(tmp_path / "scan.md")
+    assert f"Precision that\nran (`summary.json`): {ran} in 1 run(s)." in text
 
     # Again: nothing to copy. Another run under a recorded name: one line, exit 2, nothing
     # written (the other run's record is unchanged).
