@@ -57,6 +57,9 @@ def main() -> None:
         "names), to split one plan over several workers; a branch whose checkpoint does not "
         "exist yet waits for it",
     )
+    ap.add_argument(
+        "extra", nargs="*", help="more CLI flags for every run, e.g. -- --precision fp32"
+    )
     args = ap.parse_args()
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     variants = [v.partition("=") for v in args.variant]
@@ -85,7 +88,7 @@ def main() -> None:
             folder = root / f"{name}-s{seed}"
             rc = train(
                 folder, games, agent, seed, args.steps, args.eval_every, args.eval_episodes,
-                code, flags,
+                code, [*flags, *args.extra],
             )  # fmt: skip
             failed += rc != 0
 
