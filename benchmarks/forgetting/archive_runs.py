@@ -24,6 +24,7 @@ import argparse
 import csv
 import io
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -51,9 +52,8 @@ def evals_with_stderr(run: Path) -> bytes:
     w.writerow([*rows[0], "stderr", "episodes"])
     for row in rows[1:]:
         x = [float(v) for v in returns.get((int(row[step]), row[game]), [])]
-        n = len(x)
-        sem = math.sqrt(sum((v - sum(x) / n) ** 2 for v in x) / (n - 1) / n) if n > 1 else None
-        w.writerow([*row, "" if sem is None else f"{sem:.4f}", n])
+        sem = f"{statistics.stdev(x) / math.sqrt(len(x)):.4f}" if len(x) > 1 else ""
+        w.writerow([*row, sem, len(x)])
     return out.getvalue().encode()
 
 
