@@ -166,17 +166,18 @@ def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
                 f"{where}: {name} differs from the source run's ({getattr(src, name)!r}); "
                 "a branch keeps it so that its matrix rows compare"
             )
-    bit_settings = (src.net.max_bits, src.net.f_prior)
+    bit_settings = (src.net.max_bits, src.net.f_prior, src.net.conv_prior)
     if (
         config.net.blip
         and src.net.blip
-        and (config.net.max_bits, config.net.f_prior) != bit_settings
+        and (config.net.max_bits, config.net.f_prior, config.net.conv_prior) != bit_settings
         and not (trained and done == 0)
     ):
         # Frozen bits and the running-mean Fisher (seeded with the prior) are carried over
         # after a game; before the first freeze (trained-game-1.pt) nothing is, so they may differ.
         raise UsageError(
-            f"{where}: max_bits and f_prior {bit_settings} are fixed once a game was frozen; "
+            f"{where}: max_bits, f_prior and the convolutions' prior {bit_settings} are fixed "
+            "once a game was frozen; "
             "to compare other values, branch from the source's trained-game-1.pt"
         )
     shapes = (src.net.channels, src.net.hidden)

@@ -55,6 +55,10 @@ class NetConfig:
     """Fisher prior in the reference implementation's units (the paper's 5e-18). Each layer's
     prior in this project's true-Fisher units is ``f_prior * 62**2 * n`` (see
     :class:`~blip_rl.BlipLinear`). Ignored when blip=False."""
+    conv_f_prior: float | None = None
+    """Fisher prior of the three convolutions alone, in the same units; none: f_prior. A larger
+    value frees the shared features for later games while the linear layer and the heads keep
+    f_prior's protection (``docs/blip.md``, "The prior and its units"). Ignored when blip=False."""
 
     def __post_init__(self) -> None:
         channels = tuple(self.channels) if isinstance(self.channels, list | tuple) else None
@@ -72,9 +76,15 @@ class NetConfig:
         check_bool(self, "blip")
         check_int(self, "max_bits", 1, 32)
         check_number(self, "f_prior", 0.0)
+        check_number(self, "conv_f_prior", 0.0, allow_none=True)
+
+    @property
+    def conv_prior(self) -> float:
+        """The prior the convolutions get: ``conv_f_prior``, or ``f_prior`` when it is none."""
+        return self.f_prior if self.conv_f_prior is None else self.conv_f_prior
 
 
-BLIP_ONLY_FIELDS = ("f_prior", "max_bits")
+BLIP_ONLY_FIELDS = ("f_prior", "conv_f_prior", "max_bits")
 """NetConfig fields that only BLIP layers read (ignored when ``blip=False``)."""
 
 PAPER_NET = NetConfig(channels=(32, 64, 128), hidden=1024)
@@ -155,7 +165,11 @@ class ActorCritic(nn.Module):
             return nn.Linear(fin, fout)
 
         convs = nature_convs(
-            4, config.channels, blip=config.blip, max_bits=config.max_bits, f_prior=config.f_prior
+            4,
+            config.channels,
+            blip=config.blip,
+            max_bits=config.max_bits,
+            f_prior=config.conv_prior,
         )
         flat = config.channels[2] * conv_output_size(84) ** 2
         self.trunk = nn.Sequential(

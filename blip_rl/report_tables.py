@@ -304,10 +304,14 @@ def summary_markdown(run: RunData, m: dict[str, Any]) -> str:
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``section.key -> JSON``; a setting that is none counts as not set, so
+    runs written before a setting existed group with runs that leave it unset."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
             out.update(_flat(v, f"{k}."))
+        elif v is None:
+            continue
         else:
             out[prefix + k] = json.dumps(v, sort_keys=True)
     return out

@@ -122,6 +122,9 @@ class BlipNatureCNN(BaseFeaturesExtractor):
         normalized_image: as in SB3's ``NatureCNN`` (skip the uint8 image-space check).
         max_bits: N of every BLIP layer.
         f_prior: Fisher prior in the reference's units (see :data:`DEFAULT_F_PRIOR`).
+        conv_f_prior: Fisher prior of the three convolutions alone (None: ``f_prior``); a larger
+            one leaves the shared features freer for later games (pass it in
+            ``features_extractor_kwargs``).
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class BlipNatureCNN(BaseFeaturesExtractor):
         normalized_image: bool = False,
         max_bits: int = DEFAULT_MAX_BITS,
         f_prior: float = DEFAULT_F_PRIOR,
+        conv_f_prior: float | None = None,
     ) -> None:
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
             raise UsageError(
@@ -139,8 +143,9 @@ class BlipNatureCNN(BaseFeaturesExtractor):
                 f"{observation_space}; use BlipActorCriticPolicy for vector observations"
             )
         super().__init__(observation_space, features_dim)
+        conv_prior = f_prior if conv_f_prior is None else conv_f_prior
         convs = nature_convs(
-            observation_space.shape[0], channels, max_bits=max_bits, f_prior=f_prior
+            observation_space.shape[0], channels, max_bits=max_bits, f_prior=conv_prior
         )
         self.cnn = nn.Sequential(*(layer for _, layer in convs), nn.Flatten())
         with torch.no_grad():

@@ -31,6 +31,7 @@ BAD = [
     (["--max-bits", "40"], "--max-bits 40"),
     (["--f-prior", "-1"], "--f-prior -1"),
     (["--f-prior", "nan"], "--f-prior 'nan'"),
+    (["--conv-f-prior=-1e-9"], "--conv-f-prior -1e-09"),
     (["--fisher-states", "0"], "--fisher-states 0"),
     (["--games", ""], "empty game list"),
     # Every numeric field's bounds (the completeness test below checks the list is whole).
@@ -145,7 +146,7 @@ def test_bad_cases_cover_every_numeric_field() -> None:
         and spec.type in (int, float)
         or spec.type == (float | None)
     }
-    covered = {arg for argv, _ in BAD for arg in argv if arg.startswith("--")}
+    covered = {arg.split("=")[0] for argv, _ in BAD for arg in argv if arg.startswith("--")}
     assert numeric - covered == set()
 
 

@@ -164,7 +164,19 @@ def test_groups_keep_protocols_and_trained_game_branches_apart(tmp_path: Path) -
     runs.append(
         _fake_run(tmp_path, "x", "blip", 1, games, [[20.0, 0.1], [20.0, 5.0]], branched_from=source)
     )
+    # A setting written as none (a run of a later version) is the same as one not written;
+    # a setting given is a group of its own.
+    for name, seed, conv in (("y", 2, None), ("z", 1, 5e-10)):
+        m = [[20.0, 0.1], [20.0, 5.0]]
+        kw = {"branched_from": source, "net": {"conv_f_prior": conv}}
+        runs.append(_fake_run(tmp_path, name, "blip", seed, games, m, **kw))
     out = tmp_path / "report"
+    res = az.analyze(runs, [], out, reps=50)
+    assert {r.label: len(r.seeds) for r in res if "@branch" in r.label} == {
+        "blip@branch (conv_f_prior=-)": 2,
+        "blip@branch (conv_f_prior=5e-10)": 1,
+    }
+    runs = runs[:-2]
     labels = sorted(r.label for r in az.analyze(runs, [], out, reps=50))
     assert labels == [
         "blip (fire_on_life_loss=-)",

@@ -16,6 +16,7 @@ from torch import nn
 from blip_rl import BlipLayer, blip_layers
 from blip_rl.errors import UsageError
 from blip_rl.sb3 import (
+    DEFAULT_F_PRIOR,
     BlipActorCriticCnnPolicy,
     BlipActorCriticPolicy,
     BlipFreezeCallback,
@@ -106,6 +107,16 @@ def test_max_bits_and_prior_reach_every_layer() -> None:
     layers = list(blip_layers(model.policy))
     assert len(layers) == 6
     assert all(layer.max_bits == 12 and layer.f_prior == 1e-16 for _, layer in layers)
+    # The convolutions' own prior reaches the convolutions only.
+    kwargs = {**SMALL_CNN}
+    kwargs["features_extractor_kwargs"] = {
+        **kwargs["features_extractor_kwargs"],
+        "conv_f_prior": 1e-10,
+    }
+    model = PPO(BlipActorCriticCnnPolicy, atari(1), policy_kwargs=kwargs, **PPO_TINY)
+    priors = {name: layer.f_prior for name, layer in blip_layers(model.policy)}
+    assert [p for n, p in priors.items() if ".cnn." in n] == [1e-10] * 3
+    assert [p for n, p in priors.items() if ".cnn." not in n] == [DEFAULT_F_PRIOR] * 3
 
 
 def test_replaced_optimizer_is_constrained_too() -> None:

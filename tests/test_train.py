@@ -107,6 +107,19 @@ def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, ca
         assert summary["global_steps"] == 256 and len(summary["metrics"]["matrix"]) == 2
         mean_bits[prior] = summary["after_game"][0]["mean_bits"]
     assert mean_bits["5e-24"] > mean_bits["5e-12"] + 3  # each 100x of the prior: 2-3 bits
+    # The convolutions' own prior frees them alone: the linear layer freezes as at the default
+    # (a branch at the default plays the same Fisher states).
+    assert branch("conv", "--conv-f-prior", "5e-8") == 0
+    assert branch("dflt") == 0
+
+    def frozen_bits(run: str, layer: str) -> torch.Tensor:
+        net = load_checkpoint(tmp_path / run / "checkpoints" / "after-game-1.pt")["net"]
+        return net[f"trunk.{layer}.weight_bits"].float()
+
+    for layer in ("conv1", "conv2", "conv3"):
+        assert frozen_bits("conv", layer).mean() < frozen_bits("dflt", layer).mean() - 3
+    assert torch.equal(frozen_bits("conv", "fc"), frozen_bits("dflt", "fc"))
+    assert frozen_bits("dflt", "fc").mean() > 1
     # Another method's end-of-game step on the same game-1 training (nothing protected yet),
     # here followed by other later games: game 1 trained once serves several sequences.
     assert branch("ewc", "--agent", "ewc", "--games", "pong,freeway,boxing") == 0
@@ -132,7 +145,9 @@ def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, ca
     assert "before its end-of-game step" in one_error_line(capsys)
     assert branch("x3", "--f-prior", "5e-12", source="after-game-1.pt") == 2
     assert "trained-game-1.pt" in one_error_line(capsys)
-    assert not any((tmp_path / n).exists() for n in ("x0", "x2", "x3"))
+    assert branch("x4", "--conv-f-prior", "5e-12", source="after-game-1.pt") == 2
+    assert "the convolutions' prior" in one_error_line(capsys)
+    assert not any((tmp_path / n).exists() for n in ("x0", "x2", "x3", "x4"))
     # A branch killed before it trained keeps the source's PPO state in its first checkpoint,
     # so a resume does not train game 1 again.
     config = RunConfig.from_json(json.loads((tmp_path / "ewc" / "config.json").read_text()))

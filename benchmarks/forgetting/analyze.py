@@ -59,6 +59,7 @@ Stat = Callable[[np.ndarray], float]
 #: The settings a calibration varies: name -> its path in a run's ``config.json``.
 KNOBS = {
     "f_prior": ("net", "f_prior"),
+    "conv_f_prior": ("net", "conv_f_prior"),
     "value_fisher_coef": ("method_config", "value_fisher_coef"),
     "ewc_lambda": ("method_config", "ewc_lambda"),
 }
@@ -712,6 +713,8 @@ def plot_knobs(results: Sequence[GroupResult], path: Path, baseline: str = "") -
     panels: dict[str, dict[str, list[GroupResult]]] = {}
     for r in results:
         x_knob, split = CURVES.get(r.method, ("", ""))
+        if "conv_f_prior" in r.knobs:  # the convolutions' own prior: a panel of its own
+            x_knob, split = "conv_f_prior", "f_prior"
         if x_knob in r.knobs:
             agent = r.label.split(" (")[0]  # a source run and branches are separate series
             name = agent + (f", {split}={r.knobs[split]:g}" if split in r.knobs else "")
