@@ -177,8 +177,8 @@ def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
         # after a game; before the first freeze (trained-game-1.pt) nothing is, so they may differ.
         raise UsageError(
             f"{where}: max_bits, f_prior and the convolutions' prior {bit_settings} are fixed "
-            "once a game was frozen; "
-            "to compare other values, branch from the source's trained-game-1.pt"
+            "once a game was frozen; to compare other values, branch from the source's "
+            "trained-game-1.pt"
         )
     shapes = (src.net.channels, src.net.hidden)
     if (config.net.channels, config.net.hidden) != shapes:

@@ -58,7 +58,8 @@ class NetConfig:
     conv_f_prior: float | None = None
     """Fisher prior of the three convolutions alone, in the same units; none: f_prior. A larger
     value frees the shared features for later games while the linear layer and the heads keep
-    f_prior's protection (``docs/blip.md``, "The prior and its units"). Ignored when blip=False."""
+    f_prior's protection (``docs/blip.md``, "The convolutions' own prior"). Ignored when
+    blip=False."""
 
     def __post_init__(self) -> None:
         channels = tuple(self.channels) if isinstance(self.channels, list | tuple) else None
