@@ -85,3 +85,17 @@ def test_a_run_without_a_milestone_evaluation_has_no_row() -> None:
     ]
     text = sg.table(points)
     assert "| boxing |" in text and "| krull |" not in text
+
+
+def test_milestones_choose_the_columns() -> None:
+    points = [
+        _point("boxing", 200_000, 100_352, 2.0, 16),
+        _point("boxing", 200_000, 200_704, 11.0, 16),
+    ]
+    # the default columns (100k, 300k) have no cell at 200k
+    assert _row(sg.table(points), "boxing")[7] == "-"
+    text = sg.table(points, (100_000, 200_000))
+    assert "return @100k | norm | learned? | return @200k |" in text
+    row = _row(text, "boxing")
+    assert row[4] == "2.0 ± 0.5" and row[7] == "11.0 ± 0.5"
+    assert len(row) == 11 and text.splitlines()[1].count("---") == 11

@@ -7,9 +7,10 @@ a ``summary.json`` is not trained again, so the scan can be stopped and restarte
 and a longer scan (e.g. ``--steps 300000``) can be added later. After each game the table
 ``game_scan.md`` is rewritten from every run folder found under ``--runs-dir``.
 
-The table reports, per game, the evaluation return at 100k and at 300k env steps (mean over the
-evaluation episodes, with its standard error), the published random and human scores
-(``blip_rl.atari.reference_scores``), the human-normalized score and a verdict:
+The table reports, per game, the evaluation return at 100k and at 300k env steps (or at the
+steps ``--milestones`` names; mean over the evaluation episodes, with its standard error),
+the published random and human scores (``blip_rl.atari.reference_scores``), the
+human-normalized score and a verdict:
 
 * ``learned``: the return is above random by more than 2 standard errors and by at least 10% of
   the random-to-human gap (the bar for a game on which forgetting can be measured);
@@ -203,8 +204,17 @@ def at_milestone(evals: dict[int, Point], milestone: int) -> Point | None:
     return evals[min(near, key=lambda s: abs(s - milestone))] if near else None
 
 
-def table(points: list[Point]) -> str:
-    """The markdown table: one row per game and seed, columns at 100k and 300k env steps."""
+#: The table's default columns (env steps); ``--milestones`` chooses others.
+MILESTONES = (100_000, 300_000)
+
+
+def _k(steps: int) -> str:
+    return f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
+
+
+def table(points: list[Point], milestones: tuple[int, ...] = MILESTONES) -> str:
+    """The markdown table: one row per game and seed, one column group per milestone (env
+    steps; by default 100k and 300k)."""
     from blip_rl.atari import reference_scores
 
     by_key: dict[tuple[str, int], dict[int, Point]] = {}
@@ -225,23 +235,22 @@ def table(points: list[Point]) -> str:
         return score, norm, verdict(p.mean, p.sem, ref)
 
     lines = [
-        "| game | seed | random | human | return @100k | norm | learned? "
-        "| return @300k | norm | learned? | episodes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| game | seed | random | human | "
+        + "".join(f"return @{_k(m)} | norm | learned? | " for m in milestones)
+        + "episodes |",
+        "|" + "---|" * (5 + 3 * len(milestones)),
     ]
     for (game, seed), evals in sorted(by_key.items()):
         ref = reference_scores(game)
         rnd, hum = ("-", "-") if ref is None else (f"{ref[0]:g}", f"{ref[1]:g}")
-        p100, p300 = at_milestone(evals, 100_000), at_milestone(evals, 300_000)
-        if p100 is None and p300 is None:
+        at = [at_milestone(evals, m) for m in milestones]
+        if all(p is None for p in at):
             continue  # e.g. a 500k from-scratch run of the evidence, evaluated only at its end
         eps = sorted({p.episodes for p in evals.values()})
         lines.append(
             f"| {game} | {seed} | {rnd} | {hum} | "
-            + " | ".join(cell(p100, ref))
-            + " | "
-            + " | ".join(cell(p300, ref))
-            + f" | {','.join(map(str, eps))} |"
+            + "".join(" | ".join(cell(p, ref)) + " | " for p in at)
+            + f"{','.join(map(str, eps))} |"
         )
     return "\n".join(lines)
 
@@ -285,7 +294,7 @@ def commands(runs_dir: Path) -> list[str]:
     ]
 
 
-def write_report(runs_dir: Path, out: Path) -> None:
+def write_report(runs_dir: Path, out: Path, milestones: tuple[int, ...] = MILESTONES) -> None:
     """Rewrite ``out`` (markdown) from every scan run under ``runs_dir``."""
     points = read_points(runs_dir)
     command_lines = "\n".join(f"    {c}" for c in commands(runs_dir))
@@ -316,11 +325,12 @@ Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores shared
 (one torch thread, one emulator thread). Commit at table time: `{commit}`. Precision that
 ran (`summary.json`): {precision}.
 Commands (one per budget, seed, episode count and interval; each skips the finished runs; a
-run with no evaluation near 100k or 300k steps is listed here but has no row in the table):
+run with no evaluation near {" or ".join(_k(m) for m in milestones)} steps is listed here but has
+no row in the table):
 
 {command_lines}
 
-{table(points)}
+{table(points, milestones)}
 """
     out.write_text(text)
 
@@ -341,15 +351,30 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "game_scan.md")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table")
     ap.add_argument(
+        "--milestones",
+        default=",".join(map(str, MILESTONES)),
+        help="the table's columns: comma-separated env steps (default: 100000,300000)",
+    )
+    ap.add_argument(
         "--code", type=Path, default=None, help="import blip_rl from this copy of the repository"
     )
     args = ap.parse_args()
     if args.code is not None:
         args.code = args.code.resolve()
         sys.path.insert(0, str(args.code))
+    try:
+        milestones = tuple(int(m) for m in args.milestones.split(","))
+        if not milestones or min(milestones) <= 0:
+            raise ValueError
+    except ValueError:
+        ap.exit(
+            2,
+            f"scan_games.py: error: --milestones {args.milestones!r}: expected positive "
+            "env-step counts separated by commas, e.g. 100000,200000\n",
+        )
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     if args.table_only:
-        write_report(args.runs_dir, args.out)
+        write_report(args.runs_dir, args.out, milestones)
         return
     every = default_eval_every(args.steps) if args.eval_every is None else args.eval_every
     for game in [g.strip() for g in args.games.split(",") if g.strip()]:
@@ -359,7 +384,7 @@ def main() -> None:
         )
         print(f"[scan] {game}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
         try:
-            write_report(args.runs_dir, args.out)
+            write_report(args.runs_dir, args.out, milestones)
         except Exception as exc:  # a broken table must not stop the scan
             print(f"[scan] table not written: {type(exc).__name__}: {exc}", flush=True)
 
