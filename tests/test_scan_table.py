@@ -99,3 +99,22 @@ def test_milestones_choose_the_columns() -> None:
     row = _row(text, "boxing")
     assert row[4] == "2.0 ± 0.5" and row[7] == "11.0 ± 0.5"
     assert len(row) == 11 and text.splitlines()[1].count("---") == 11
+
+
+def test_a_relative_runs_dir_is_the_same_folder_for_the_runs_and_the_table(
+    tmp_path: Path,
+) -> None:
+    """With ``--code`` the runs train inside the code copy; a relative ``--runs-dir`` must still
+    name the folder under the caller's working directory, where the table looks for them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "scan.md"
+    cmd = [sys.executable, str(sg.REPO / "benchmarks/forgetting/scan_games.py"), "--code",
+           str(sg.REPO), "--games", "breakout", "--steps", "64", "--eval-episodes", "1",
+           "--runs-dir", "rel", "--out", str(out), "--milestones", "1024"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert (tmp_path / "rel" / "breakout-s1-64" / "summary.json").exists()
+    assert "--games breakout --steps 64 --seed 1 --eval-episodes 1" in out.read_text()
+    assert not (sg.REPO / "rel").exists()

@@ -61,6 +61,9 @@ def main() -> None:
         "extra", nargs="*", help="more CLI flags for every run, e.g. -- --precision fp32"
     )
     args = ap.parse_args()
+    # the runs train with the code copy as their working directory (--code): a relative
+    # folder must name the same place for them and for this script
+    args.runs_dir = args.runs_dir.resolve()
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     variants = [v.partition("=") for v in args.variant]
     if len(games) < 2 or not variants or any(not name for name, _, _ in variants):

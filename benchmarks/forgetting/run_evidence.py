@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the branch runs' folder names")
     ap.add_argument("extra", nargs="*", help="more CLI flags for every sequence run (after --)")
     args = ap.parse_args()
+    # the runs train with the code copy as their working directory (--code): a relative
+    # folder must name the same place for them and for this script
+    args.runs_dir = args.runs_dir.resolve()
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     if len(games) < 2:
         ap.error(f"--games {args.games!r}: a sequence needs at least two games")

@@ -359,6 +359,9 @@ def main() -> None:
         "--code", type=Path, default=None, help="import blip_rl from this copy of the repository"
     )
     args = ap.parse_args()
+    # the runs train with the code copy as their working directory (--code): a relative
+    # folder must name the same place for them and for this script
+    args.runs_dir = args.runs_dir.resolve()
     if args.code is not None:
         args.code = args.code.resolve()
         sys.path.insert(0, str(args.code))
