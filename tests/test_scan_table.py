@@ -116,5 +116,7 @@ def test_a_relative_runs_dir_is_the_same_folder_for_the_runs_and_the_table(
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
     assert (tmp_path / "rel" / "breakout-s1-64" / "summary.json").exists()
-    assert "--games breakout --steps 64 --seed 1 --eval-episodes 1" in out.read_text()
+    # the table's command names its columns and its file, so that rerunning it rebuilds this table
+    line = "--games breakout --steps 64 --seed 1 --eval-episodes 1 --milestones 1024 --out"
+    assert f"{line} {out.resolve()}" in out.read_text()
     assert not (sg.REPO / "rel").exists()

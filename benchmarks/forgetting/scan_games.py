@@ -297,7 +297,12 @@ def commands(runs_dir: Path) -> list[str]:
 def write_report(runs_dir: Path, out: Path, milestones: tuple[int, ...] = MILESTONES) -> None:
     """Rewrite ``out`` (markdown) from every scan run under ``runs_dir``."""
     points = read_points(runs_dir)
-    command_lines = "\n".join(f"    {c}" for c in commands(runs_dir))
+    more = ""  # a table with other columns names them (and itself) in its commands
+    if milestones != MILESTONES:
+        where = out.resolve()
+        shown = where.relative_to(REPO) if where.is_relative_to(REPO) else where
+        more = f" --milestones {','.join(map(str, milestones))} --out {shown}"
+    command_lines = "\n".join(f"    {c}{more}" for c in commands(runs_dir))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
