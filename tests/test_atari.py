@@ -105,6 +105,7 @@ def test_resolve_games_lists_and_presets() -> None:
     assert [g.name for g in resolve_games("@breakout-freeway")] == ["breakout", "freeway"]
     assert [g.name for g in resolve_games("@breakout-krull")] == ["breakout", "krull"]
     assert [g.name for g in resolve_games("@crazy_climber-krull")] == ["crazy_climber", "krull"]
+    assert [g.name for g in resolve_games("@tutankham-assault")] == ["tutankham", "assault"]
     for bad in ["", " , ", "@nope", "pong,nope"]:
         with pytest.raises(UsageError):
             resolve_games(bad)
