@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from run_evidence import REPO, train  # same folder: one run, resumed or skipped when done
+from scan_games import absolute_dir  # same folder: run folders as absolute paths
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         metavar="NAME=FLAGS",
         help="a branch from trained-game-1.pt with these train flags (repeatable)",
     )
-    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "forgetting" / "calib")
+    ap.add_argument("--runs-dir", type=absolute_dir, default=REPO / "runs" / "forgetting" / "calib")
     ap.add_argument("--code", type=Path, default=None, help="import blip_rl from this copy")
     ap.add_argument(
         "--only",
@@ -61,9 +62,6 @@ def main() -> None:
         "extra", nargs="*", help="more CLI flags for every run, e.g. -- --precision fp32"
     )
     args = ap.parse_args()
-    # the runs train with the code copy as their working directory (--code): a relative
-    # folder must name the same place for them and for this script
-    args.runs_dir = args.runs_dir.resolve()
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     variants = [v.partition("=") for v in args.variant]
     if len(games) < 2 or not variants or any(not name for name, _, _ in variants):

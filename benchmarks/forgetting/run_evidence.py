@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from scan_games import protocol_flags  # same folder: the shared run protocol
+from scan_games import absolute_dir, protocol_flags  # same folder: the shared run protocol
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -87,8 +87,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200_000, help="env steps per game")
     ap.add_argument("--eval-every", type=int, default=50_000)
     ap.add_argument("--eval-episodes", type=int, default=16)
-    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "forgetting" / "evidence")
-    ap.add_argument("--scratch-dir", type=Path, default=REPO / "runs" / "forgetting" / "scan")
+    ap.add_argument(
+        "--runs-dir", type=absolute_dir, default=REPO / "runs" / "forgetting" / "evidence"
+    )
+    ap.add_argument(
+        "--scratch-dir", type=absolute_dir, default=REPO / "runs" / "forgetting" / "scan"
+    )
     ap.add_argument("--no-scratch", action="store_true", help="skip the from-scratch runs")
     ap.add_argument("--code", type=Path, default=None, help="import blip_rl from this copy")
     ap.add_argument(
@@ -116,9 +120,6 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the branch runs' folder names")
     ap.add_argument("extra", nargs="*", help="more CLI flags for every sequence run (after --)")
     args = ap.parse_args()
-    # the runs train with the code copy as their working directory (--code): a relative
-    # folder must name the same place for them and for this script
-    args.runs_dir = args.runs_dir.resolve()
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     if len(games) < 2:
         ap.error(f"--games {args.games!r}: a sequence needs at least two games")

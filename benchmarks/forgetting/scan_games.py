@@ -66,6 +66,13 @@ class Point:
     wall_s: float | None
 
 
+def absolute_dir(path: str) -> Path:
+    """An argparse type for run folders: absolute, because the runs train with the code copy as
+    their working directory (``--code``), and a relative folder must name the same place for
+    them and for the script that checks on them."""
+    return Path(path).resolve()
+
+
 def protocol_flags(seed: int, steps: int, eval_every: int, eval_episodes: int) -> list[str]:
     """The train flags every forgetting run here shares: sticky actions off, 8 envs, one
     emulator thread, the CPU, no progress bar (the scan and the evidence runs use them alike)."""
@@ -352,7 +359,7 @@ def main() -> None:
         default=None,
         help="evaluate every N env steps (default: 100000 if the run is longer, else at the end)",
     )
-    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "forgetting" / "scan")
+    ap.add_argument("--runs-dir", type=absolute_dir, default=REPO / "runs" / "forgetting" / "scan")
     ap.add_argument("--out", type=Path, default=HERE / "game_scan.md")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table")
     ap.add_argument(
@@ -364,9 +371,6 @@ def main() -> None:
         "--code", type=Path, default=None, help="import blip_rl from this copy of the repository"
     )
     args = ap.parse_args()
-    # the runs train with the code copy as their working directory (--code): a relative
-    # folder must name the same place for them and for this script
-    args.runs_dir = args.runs_dir.resolve()
     if args.code is not None:
         args.code = args.code.resolve()
         sys.path.insert(0, str(args.code))
