@@ -120,3 +120,26 @@ def test_a_relative_runs_dir_is_the_same_folder_for_the_runs_and_the_table(
     line = "--games breakout --steps 64 --seed 1 --eval-episodes 1 --milestones 1024 --out"
     assert f"{line} {out.resolve()}" in out.read_text()
     assert not (sg.REPO / "rel").exists()
+
+
+def test_agent_tag_names_a_whole_fine_tuning_run_on_the_blip_network_like_its_branches(
+    tmp_path: Path,
+) -> None:
+    """run_evidence.py ``--agent-tag``: a fine-tuning run that trains game 1 itself on the BLIP
+    network gets the branch runs' folder name, and the analysis groups it with them."""
+    import subprocess
+    import sys
+
+    script = sg.REPO / "benchmarks/forgetting/run_evidence.py"
+    cmd = [sys.executable, str(script), "--games", "breakout,pong", "--agents", "finetune",
+           "--agent-tag=-blipnet", "--seeds", "1", "--steps", "64", "--eval-every", "0",
+           "--eval-episodes", "1", "--no-scratch", "--runs-dir", str(tmp_path),
+           "--", "--blip", "true"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    (run,) = (tmp_path / "breakout-pong").iterdir()
+    assert run.name == "finetune-blipnet-s1-64"
+    config = json.loads((run / "config.json").read_text())
+    assert config["agent"] == "finetune" and config["net"]["blip"] is True
+    analyze = load_script("benchmarks/forgetting/analyze.py", "forgetting_analyze_tag")
+    assert analyze.read_run(run).data.agent == "finetune@blipnet"

@@ -118,6 +118,12 @@ def main() -> None:
         "as usual",
     )
     ap.add_argument("--tag", default="", help="suffix of the branch runs' folder names")
+    ap.add_argument(
+        "--agent-tag",
+        default="",
+        help="suffix of the --agents runs' folder names, e.g. '-blipnet' for a whole "
+        "fine-tuning run on the BLIP network (game 1 included) named like the branches",
+    )
     ap.add_argument("extra", nargs="*", help="more CLI flags for every sequence run (after --)")
     args = ap.parse_args()
     games = [g.strip() for g in args.games.split(",") if g.strip()]
@@ -141,7 +147,7 @@ def main() -> None:
             shared = None
         plan: list[tuple[Path, str, list[str]]] = []  # (run folder, agent, extra flags)
         for agent in agents:
-            folder = seq_dir / f"{agent}-s{seed}-{args.steps}"
+            folder = seq_dir / f"{agent}{args.agent_tag}-s{seed}-{args.steps}"
             source = source or folder
             start = ["--from-checkpoint", str(shared)] if shared is not None else []
             plan.append((folder, agent, [*start, *args.extra]))
