@@ -14,7 +14,9 @@ Both learn the game alone for ``--steps`` env steps, with the same protocol and 
 * **ours-sb3v**: SB3's value loss as a whole: not clipped, and weighted as SB3 weights it. SB3
   adds ``vf_coef * mse(returns, values)`` to the loss, CleanRL (and ours)
   ``vf_coef * 0.5 * mse``, so at the same ``vf_coef`` 0.5 SB3's value gradient is twice ours,
-  and both clip the whole gradient's norm at 0.5 (``--clip-vloss false --vf-coef 1.0``);
+  and both clip the whole gradient's norm at 0.5 (``--clip-vloss false --vf-coef 1.0``), in
+  float32, so that it is compared with **ours-fp32** (its first seeds ran on a CPU without
+  bf16, where bf16 falls back to fp32);
 * **sb3-constclip**: the other ablation, SB3 with the clip range kept at 0.1 (as ours) instead
   of rl-zoo's linear annealing to 0;
 * **SB3**: ``PPO("CnnPolicy")`` with rl-baselines3-zoo's Atari hyper-parameters (8 envs x 128
@@ -57,7 +59,10 @@ OURS = {
     "ours": ("ours (plain PPO, bf16)", []),
     "ours-fp32": ("ours (fp32)", ["--precision=fp32"]),
     "ours-noclipv": ("ours, value loss not clipped", ["--clip-vloss=false"]),
-    "ours-sb3v": ("ours, SB3's value loss", ["--clip-vloss=false", "--vf-coef=1.0"]),
+    "ours-sb3v": (
+        "ours, SB3's value loss",
+        ["--clip-vloss=false", "--vf-coef=1.0", "--precision=fp32"],
+    ),
 }
 SB3 = {"sb3": "SB3 PPO", "sb3-constclip": "SB3, clip range not annealed"}
 IMPLS = (*OURS, *SB3)
