@@ -187,6 +187,11 @@ class RunConfig:
             self.atari = self.atari.replace(full_action_space=True)
         if METHODS[self.method].needs_blip_layers and not self.net.blip:
             raise ValueError(f"agent {self.agent!r} (method {self.method}) needs --blip true")
+        if getattr(self.method_config, "reserve", 0.0) > 0 and self.shared_head:
+            raise ValueError(
+                "--reserve needs one head per game (the reserved units feed the later games' "
+                "heads only); it cannot be used with --shared-head"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready data (sections as dicts)."""

@@ -180,6 +180,14 @@ def check_branch(config: RunConfig, source: dict[str, Any]) -> None:
             "once a game was frozen; to compare other values, branch from the source's "
             "trained-game-1.pt"
         )
+    reserve = getattr(config.method_config, "reserve", 0.0)
+    src_reserve = getattr(src.method_config, "reserve", 0.0) if src.method == "blip" else 0.0
+    if config.method == "blip" and reserve != src_reserve:
+        # Game 1 trained with the units it left free; a freeze cannot set them apart later.
+        raise UsageError(
+            f"{where}: --reserve {reserve:g} differs from the source run's ({src_reserve:g}), "
+            "with which game 1 was trained"
+        )
     shapes = (src.net.channels, src.net.hidden)
     if (config.net.channels, config.net.hidden) != shapes:
         raise UsageError(f"{where}: the network shape differs from the source run's {shapes}")

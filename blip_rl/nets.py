@@ -36,7 +36,7 @@ from blip_rl.nature_cnn import conv_output_size, nature_convs
 from blip_rl.quant import BlipLayer, BlipLinear
 from blip_rl.validate import check_bool, check_int, check_number
 
-__all__ = ["BLIP_ONLY_FIELDS", "NetConfig", "ActorCritic", "PAPER_NET"]
+__all__ = ["BLIP_ONLY_FIELDS", "NetConfig", "ActorCritic", "PAPER_NET", "reserve_masks"]
 
 
 @dataclass
@@ -90,6 +90,10 @@ BLIP_ONLY_FIELDS = ("f_prior", "conv_f_prior", "max_bits")
 
 PAPER_NET = NetConfig(channels=(32, 64, 128), hidden=1024)
 """The network of the BLIP paper's Atari experiments."""
+
+
+TRUNK_LAYERS = ("conv1", "conv2", "conv3", "fc")
+"""The trunk's layers with weights, input first."""
 
 
 def _weight_bound(layer: nn.Module) -> float:
@@ -190,7 +194,7 @@ class ActorCritic(nn.Module):
             }
         )
         gen = torch.Generator().manual_seed(seed)
-        for name in ("conv1", "conv2", "conv3", "fc"):
+        for name in TRUNK_LAYERS:
             _init_layer(self.trunk.get_submodule(name), math.sqrt(2.0), gen)
         for k in range(len(self.action_counts)):
             _init_layer(self.policy_head(k), 0.01, gen)
@@ -248,3 +252,45 @@ class ActorCritic(nn.Module):
         logprob = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return action, logprob, entropy, value.float()
+
+
+def reserve_masks(net: ActorCritic, fraction: float, heads: list[int]) -> dict[str, torch.Tensor]:
+    """Keep-masks that set a column of units apart from the rest of the network.
+
+    The last ``round(fraction * width)`` output units of every trunk layer (conv1, conv2, conv3
+    and fc) form the column. Returned: for every weight that could carry the column's activity
+    into a unit outside it (``trunk.conv2.weight``, ``trunk.conv3.weight``, ``trunk.fc.weight``,
+    and the policy and value weights of each head in ``heads``), a bool tensor of its shape,
+    False where the weight reads a column unit and writes a unit outside it. With those weights
+    at 0, the outputs of ``heads`` do not depend on the column at all, while the column itself
+    reads every unit of the layer below it and any other head reads every unit of ``fc``.
+
+    ValueError when ``fraction`` leaves a layer with no unit in the column or none outside it.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"reserve fraction {fraction!r} is not accepted: use 0 < fraction < 1")
+    weights = [net.trunk.get_submodule(name).get_parameter("weight") for name in TRUNK_LAYERS]
+    widths = [int(w.shape[0]) for w in weights]  # output units: channels, or features of fc
+    reserved = [round(fraction * w) for w in widths]
+    for name, w, r in zip(TRUNK_LAYERS, widths, reserved, strict=True):
+        if not 0 < r < w:
+            raise ValueError(
+                f"reserve fraction {fraction!r} sets apart {r} of the {w} units of trunk.{name}; "
+                "it must leave at least one unit on each side"
+            )
+    masks: dict[str, torch.Tensor] = {}
+    for below, name in enumerate(TRUNK_LAYERS[1:]):
+        weight = weights[below + 1]
+        keep = torch.ones_like(weight, dtype=torch.bool)
+        # Input columns of the lower layer's column units; the flatten before fc is channel-major.
+        per_unit = int(weight.shape[1]) // widths[below]
+        first_in = (widths[below] - reserved[below]) * per_unit
+        keep[: widths[below + 1] - reserved[below + 1], first_in:] = False
+        masks[f"trunk.{name}.weight"] = keep
+    first_in = widths[-1] - reserved[-1]
+    for head in heads:
+        for kind, layer in (("policy", net.policy_head(head)), ("value", net.value_head(head))):
+            keep = torch.ones_like(layer.weight, dtype=torch.bool)
+            keep[:, first_in:] = False
+            masks[f"heads.{kind}.{head}.weight"] = keep
+    return masks

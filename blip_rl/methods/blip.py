@@ -8,13 +8,25 @@ from typing import Any, ClassVar
 import torch
 
 from blip_rl.methods.base import ContinualMethod, GameContext, MethodConfig, game_fisher
+from blip_rl.nets import reserve_masks
 from blip_rl.quant import attach, blip_layers, blip_stats, freeze
+from blip_rl.validate import check_number
 
 
 @dataclass
 class BlipConfig(MethodConfig):
     """BLIP's settings; the bit width and the prior are the network's (``max_bits``,
     ``f_prior``)."""
+
+    reserve: float = 0.0
+    """Fraction of every trunk layer's units (the last ones) that game 1 does not use, so that
+    its freeze leaves them free for the later games: the weights from those units into game
+    1's units and heads stay 0, so game 1 never reads them; the later games read every unit.
+    0: off (the paper's BLIP). See docs/blip.md, "Reserved units"."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number(self, "reserve", 0.0, 0.9)
 
 
 class BlipMethod(ContinualMethod):
@@ -24,6 +36,12 @@ class BlipMethod(ContinualMethod):
     Adam step). After the game, the Fisher information of the policy and value terms over the
     game's last training states decides how many leading bits of every parameter freeze. All
     of BLIP's state lives in the network's buffers, so the method itself keeps nothing.
+
+    With ``reserve`` > 0, a column of units is set apart (:func:`~blip_rl.nets.reserve_masks`)
+    for the games after the first: the weights that would carry it into game 1's units and
+    heads (head 0: the loop gives game 1 the first head) start at 0 and get no gradient, ever,
+    so game 1's outputs never depend on it. The column's own weights get no gradient during
+    game 1 (nothing reads it), hence no Fisher and no frozen bits, and learn freely from game 2.
     """
 
     name: ClassVar[str] = "blip"
@@ -33,18 +51,47 @@ class BlipMethod(ContinualMethod):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self._handle: Any = None
+        self._keep: dict[str, torch.Tensor] = {}
+        self._grad_hooks: list[Any] = []
 
     def setup(self, net: torch.nn.Module) -> None:
         if not any(True for _ in blip_layers(net)):
             raise ValueError("the blip method needs a network with BLIP layers (net.blip=true)")
+        for h in self._grad_hooks:
+            h.remove()
+        self._grad_hooks = []
+        self._keep = {}
+        if self.config.reserve > 0:
+            params = dict(net.named_parameters())
+            self._keep = reserve_masks(net, self.config.reserve, heads=[0])  # type: ignore[arg-type]
+            for name, keep in self._keep.items():
+                keep = keep.to(params[name].device)
+                self._keep[name] = keep
+                self._grad_hooks.append(params[name].register_hook(lambda g, k=keep: g * k))
 
     def before_game(self, ctx: GameContext) -> None:
+        if self._keep:
+            if ctx.game_index == 0 and ctx.head != 0:
+                raise ValueError("blip reserve: game 1 must train head 0")
+            params = dict(ctx.net.named_parameters())
+            with torch.no_grad():
+                for name, keep in self._keep.items():
+                    if ctx.game_index == 0:
+                        params[name].masked_fill_(~keep, 0.0)
+                    elif bool(params[name].detach()[~keep].any()):
+                        # A branch whose game 1 was trained without this reserve.
+                        raise ValueError(
+                            f"blip reserve {self.config.reserve}: {name} reads the reserved "
+                            "units, so game 1 was not trained with this reserve"
+                        )
         if self._handle is not None:
             self._handle.remove()
         self._handle = attach(ctx.ppo.optimizer, ctx.net)
 
     def after_game(self, ctx: GameContext) -> dict[str, float]:
         fisher, n_states = game_fisher(ctx, self.config)
+        for name, keep in self._keep.items():  # weights held at 0 by design carry nothing
+            fisher[name] = fisher[name] * keep.to(fisher[name].device)
         freeze(ctx.net, fisher)
         if self._handle is not None:
             self._handle.remove()
