@@ -27,7 +27,7 @@ from blip_rl.methods import (
     rollout_fisher,
 )
 from blip_rl.methods.ewc import EwcConfig, parameter_fisher, policy_fisher
-from blip_rl.nets import ActorCritic, NetConfig
+from blip_rl.nets import ActorCritic, NetConfig, reserve_masks
 from blip_rl.train import main
 
 TINY = [*BASE, "--steps-per-game", "64", "--eval-every", "0"]
@@ -320,9 +320,93 @@ def test_packnet_tiny_real_run_and_resume(tmp_path: Path) -> None:
         (["--agent", "packnet", "--packnet-prune", "1"], "--packnet-prune"),
         (["--agent", "packnet", "--fisher-states", "5"], "--fisher-states"),
         (["--agent", "ewc", "--packnet-prune", "0.5"], "--packnet-prune"),
+        (["--reserve", "0.95"], "--reserve"),
+        (["--reserve", "0.5", "--shared-head"], "--shared-head"),
+        (["--agent", "ewc", "--reserve", "0.5"], "--reserve"),
     ],
 )
 def test_bad_method_settings_exit_2(argv: list[str], needle: str, capsys, tmp_path) -> None:
     assert main([*argv, "--runs-dir", str(tmp_path), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
+
+
+# ------------------------------------------------------------------------- BLIP's reserve
+def _column(net: ActorCritic, fraction: float) -> dict[str, slice]:
+    """Per trunk layer, the output units set apart (the last ``round(fraction * width)``)."""
+    out = {}
+    for name in ("conv1", "conv2", "conv3", "fc"):
+        width = net.trunk.get_submodule(name).get_parameter("weight").shape[0]
+        out[name] = slice(width - round(fraction * width), width)
+    return out
+
+
+def test_reserve_masks_cut_every_path_from_the_column_into_game_1() -> None:
+    torch.manual_seed(0)
+    net = ActorCritic([6, 4], NetConfig(channels=(8, 16, 16), hidden=32))
+    masks = reserve_masks(net, 0.25, heads=[0])
+    assert set(masks) == {
+        "trunk.conv2.weight",
+        "trunk.conv3.weight",
+        "trunk.fc.weight",
+        "heads.policy.0.weight",
+        "heads.value.0.weight",
+    }
+    # conv2: 12 units outside the column x 2 column inputs x 4x4; fc: 24 x (4 channels x 49)
+    assert int((~masks["trunk.conv2.weight"]).sum()) == 12 * 2 * 16
+    assert int((~masks["trunk.fc.weight"]).sum()) == 24 * 4 * 49
+    assert int((~masks["heads.policy.0.weight"]).sum()) == 6 * 8
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for name, keep in masks.items():
+            params[name].masked_fill_(~keep, 0.0)
+    obs = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        before = [net(obs, h) for h in (0, 1)]
+        # Anything the later games may do to the column: its weights, its biases, its reads.
+        for name, units in _column(net, 0.25).items():
+            layer = net.trunk.get_submodule(name)
+            layer.get_parameter("weight")[units] = torch.randn_like(layer.weight[units])
+            layer.get_parameter("bias")[units] = torch.rand_like(layer.bias[units])
+        for kind in ("policy", "value"):
+            net.heads.get_submodule(f"{kind}.1").weight.normal_()
+        after = [net(obs, h) for h in (0, 1)]
+    assert torch.equal(before[0][0], after[0][0]) and torch.equal(before[0][1], after[0][1])
+    assert not torch.equal(before[1][1], after[1][1])  # game 2's head reads the column
+    with pytest.raises(ValueError, match="at least one unit"):
+        reserve_masks(net, 0.01, heads=[0])  # round(0.01 * 8) = 0 units of conv1
+
+
+def test_reserve_tiny_real_run_game_1_never_reads_the_column(tmp_path: Path) -> None:
+    fraction = 0.25
+    run = _run(tmp_path, "blip", ["--steps-per-game", "128", "--reserve", str(fraction)])
+    after1 = load_checkpoint(run / "checkpoints" / "after-game-1.pt")["net"]
+    final = load_checkpoint(run / "checkpoints" / "latest.pt")["net"]
+    first = load_checkpoint(run / "checkpoints" / "trained-game-1.pt")["net"]
+    net = _net(run)
+    masks = reserve_masks(net, fraction, heads=[0])
+    # The cut weights are exactly 0 through both games.
+    for name, keep in masks.items():
+        for state in (first, after1, final):
+            assert float(state[name][~keep].abs().max()) == 0.0, name
+    column = _column(net, fraction)
+    for name, units in column.items():
+        bits = after1[f"trunk.{name}.weight_bits"]
+        outside = torch.ones(bits.shape[0], dtype=torch.bool)
+        outside[units] = False
+        # Game 1's freeze left the column free and froze bits of game 1's own units.
+        assert int(bits[units].sum()) == 0, name
+        assert float(bits[outside].float().mean()) > 0.5, name
+        # Game 2 trained the column.
+        key = f"trunk.{name}.weight"
+        assert not torch.equal(final[key][units], after1[key][units]), name
+    # The cut weights froze nothing (the Fisher of a weight held at 0 is dropped).
+    for name, keep in masks.items():
+        assert int(after1[name.replace("weight", "weight_bits")][~keep].sum()) == 0, name
+    # Game 2's heads read the column.
+    assert float(final["heads.policy.1.weight"][:, column["fc"]].abs().max()) > 0
+    # A resume from game 1 keeps the cut at 0.
+    _resume_from_game_1(run)
+    resumed = load_checkpoint(run / "checkpoints" / "latest.pt")["net"]
+    for name, keep in masks.items():
+        assert float(resumed[name][~keep].abs().max()) == 0.0, name

@@ -147,7 +147,10 @@ def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, ca
     assert "trained-game-1.pt" in one_error_line(capsys)
     assert branch("x4", "--conv-f-prior", "5e-12", source="after-game-1.pt") == 2
     assert "the convolutions' prior" in one_error_line(capsys)
-    assert not any((tmp_path / n).exists() for n in ("x0", "x2", "x3", "x4"))
+    # Game 1 trained with every unit: no branch can set some apart afterwards.
+    assert branch("x5", "--reserve", "0.5") == 2
+    assert "--reserve 0.5 differs from the source run's (0)" in one_error_line(capsys)
+    assert not any((tmp_path / n).exists() for n in ("x0", "x2", "x3", "x4", "x5"))
     # A branch killed before it trained keeps the source's PPO state in its first checkpoint,
     # so a resume does not train game 1 again.
     config = RunConfig.from_json(json.loads((tmp_path / "ewc" / "config.json").read_text()))
