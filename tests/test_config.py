@@ -67,6 +67,7 @@ BAD = [
     (["--target-kl", "0"], "--target-kl 0"),
     (["--value-fisher-coef", "-1"], "--value-fisher-coef -1"),
     (["--fisher-chunk", "0"], "--fisher-chunk 0"),
+    (["--reserve", "0.95"], "--reserve 0.95"),
     (["--agent", "ewc", "--ewc-lambda", "-1"], "--ewc-lambda -1"),
     (["--agent", "online-ewc", "--ewc-gamma", "1.5"], "--ewc-gamma 1.5"),
     (["--agent", "packnet", "--packnet-prune", "1"], "--packnet-prune 1"),
