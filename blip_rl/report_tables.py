@@ -10,6 +10,7 @@ with their mean and standard deviation across seeds, and the Markdown tables (no
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import numpy as np
 from blip_rl import metrics
 from blip_rl.config import OUTCOME_NEUTRAL_FIELDS
 from blip_rl.errors import UsageError
+from blip_rl.methods import METHODS
 from blip_rl.plots import matrix_markdown
 
 __all__ = [
@@ -106,6 +108,7 @@ def load_run(path: str | Path) -> RunData:
         source = _read_json(run / "metrics.json", run)
     if not isinstance(source, dict) or not source.get("matrix"):
         raise UsageError(f"{run}: no finished game yet (no evaluation matrix in metrics.json)")
+    _fill_method_defaults(config)
     games = [str(g) for g in config["games"]]
     matrix = [[_float(v) for v in row] for row in source["matrix"]]
     if len(matrix) > len(games) or any(len(row) != len(games) for row in matrix):
@@ -123,6 +126,18 @@ def load_run(path: str | Path) -> RunData:
         evals=_read_evals(run),
         summary=summary if isinstance(summary, dict) else None,
     )
+
+
+def _fill_method_defaults(config: dict[str, Any]) -> None:
+    """A method setting added after a run was written takes its default (the behaviour the run
+    had), so old and new runs at the same settings group together."""
+    settings = config.get("method_config")
+    method = METHODS.get(str(config.get("method")))
+    if method is None or not isinstance(settings, dict):
+        return
+    for f in dataclasses.fields(method.config_class):
+        if f.default is not dataclasses.MISSING:
+            settings.setdefault(f.name, f.default)
 
 
 def _float(v: Any) -> float:

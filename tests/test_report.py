@@ -143,6 +143,23 @@ def test_comparison_groups_by_agent_with_mean_and_std(tmp_path: Path, capsys) ->
     assert report([str(runs[0]), str(seed3), "--out", str(out3)]) == 0
     groups = json.loads((out3 / "report.json").read_text())["groups"]
     assert list(groups) == ["blip"] and groups["blip"]["seeds"] == [1, 3]
+    # A run written before a method setting existed groups with runs at its default, and apart
+    # from runs at another value.
+    old = {"method_config": {"fisher_states": 4096}}
+    new = {"method_config": {"fisher_states": 4096, "reserve": 0.0}}
+    other = {"method_config": {"fisher_states": 4096, "reserve": 0.5}}
+    cfgs = {"o1": old, "n2": new, "x3": other}
+    paths = [
+        _fake_run(tmp_path / k, games, [[1, 1], [1, 1]], agent="blip", seed=i, config=c)
+        for i, (k, c) in enumerate(cfgs.items(), 1)
+    ]
+    out4 = tmp_path / "cmp4"
+    assert report([*map(str, paths), "--out", str(out4)]) == 0
+    groups = json.loads((out4 / "report.json").read_text())["groups"]
+    assert {k: g["seeds"] for k, g in groups.items()} == {
+        "blip (reserve=0.0)": [1, 2],
+        "blip (reserve=0.5)": [3],
+    }
 
 
 def test_several_runs_default_out_is_next_to_them(tmp_path: Path, capsys) -> None:
