@@ -62,6 +62,7 @@ KNOBS = {
     "conv_f_prior": ("net", "conv_f_prior"),
     "value_fisher_coef": ("method_config", "value_fisher_coef"),
     "ewc_lambda": ("method_config", "ewc_lambda"),
+    "reserve": ("method_config", "reserve"),
 }
 
 
