@@ -123,6 +123,18 @@ def test_analyze_run_folders_end_to_end(tmp_path: Path) -> None:
     text = (out / "forgetting.md").read_text()
     assert "inconclusive" not in text and "at most 1/3 of the baseline's, CIs separate" in text
     assert "bar not met: 1000 env steps per game, below the bar's 200k" in text
+    # a BLIP setting fine-tuning does not have: each BLIP group meets the one baseline
+    reserve = {"method_config": {"reserve": 0.5}}
+    other = [
+        _fake_run(tmp_path, f"r{s}", "blip", s, games, [[a, 0.1], [a, 16.1]], **reserve)
+        for s, a in enumerate([20.0, 22.0, 21.0], start=1)
+    ]
+    labels = {r.label for r in az.analyze([*runs, *other], scratch, out, reps=50)}
+    assert {"blip (reserve=0.5)", "finetune"} <= labels
+    text = (out / "forgetting.md").read_text()
+    assert "`freeway,boxing`: blip (reserve=0.5) forgetting" in text
+    assert "plasticity IQM 0.80" in text and "vs finetune " in text
+    az.analyze(runs, scratch, out, reps=200)
     # the bar needs every condition: without from-scratch runs plasticity is not measured
     az.analyze(runs, [], out, reps=50)
     text = (out / "forgetting.md").read_text()

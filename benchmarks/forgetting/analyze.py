@@ -611,15 +611,18 @@ def bar_check(results: Sequence[GroupResult], method: str, baseline: str) -> lis
     """Issue 9's bar per sequence: ``method``'s forgetting at most a third of ``baseline``'s
     with separated CIs, and ``method``'s plasticity at least 0.8."""
     out = []
-    # "blip (x=1)" pairs with "finetune@blipnet (x=1)": the same setting suffix, if any.
+    # "blip (x=1)" pairs with "finetune@blipnet (x=1)": the same setting suffix, if any;
+    # otherwise with plain "finetune@blipnet" (e.g. a BLIP-only setting such as the reserve).
     suffixes = sorted({r.label[len(method) :] for r in results if r.label.startswith(method)})
     for seq, suffix in sorted({(r.seq, x) for r in results for x in suffixes}):
         here = [r for r in results if r.seq == seq]
         mine = [r for r in here if r.label == method + suffix]
         base = [r for r in here if r.label == baseline + suffix]
+        if mine and not base:  # a setting the baseline does not have: its one group, if any
+            base = [r for r in here if r.label == baseline]
         if not mine or not base:
             continue
-        method_x, baseline_x = method + suffix, baseline + suffix
+        method_x, baseline_x = method + suffix, base[0].label
         fm, fb = mine[0].aggregates["forgetting"], base[0].aggregates["forgetting"]
         pm = mine[0].aggregates["plasticity"]
         # seeds that have something to forget: a seed whose earlier games were all not learned
