@@ -132,8 +132,10 @@ def _fill_method_defaults(config: dict[str, Any]) -> None:
     """A method setting added after a run was written takes its default (the behaviour the run
     had), so old and new runs at the same settings group together."""
     method = METHODS.get(str(config.get("method")))
-    settings = config.setdefault("method_config", {}) if method is not None else None
-    if method is None or not isinstance(settings, dict):
+    if method is None:
+        return
+    settings = config.setdefault("method_config", {})
+    if not isinstance(settings, dict):
         return
     for f in dataclasses.fields(method.config_class):
         if f.default is not dataclasses.MISSING:

@@ -63,10 +63,9 @@ class BlipMethod(ContinualMethod):
         self._keep = {}
         if self.config.reserve > 0:
             params = dict(net.named_parameters())
-            self._keep = reserve_masks(net, self.config.reserve, heads=[0])  # type: ignore[arg-type]
+            masks = reserve_masks(net, self.config.reserve, heads=[0])  # type: ignore[arg-type]
+            self._keep = {n: keep.to(params[n].device) for n, keep in masks.items()}
             for name, keep in self._keep.items():
-                keep = keep.to(params[name].device)
-                self._keep[name] = keep
                 self._grad_hooks.append(params[name].register_hook(lambda g, k=keep: g * k))
 
     def before_game(self, ctx: GameContext) -> None:
