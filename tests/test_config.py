@@ -174,6 +174,25 @@ def test_flags_presets_and_defaults_layer(capsys: pytest.CaptureFixture[str]) ->
     assert again.to_json() == cfg
 
 
+def test_blip_column_is_the_measured_arm(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--agent blip-column`` resolves to exactly the arm measured in benchmarks/forgetting
+    (section 3j): the blip preset plus ``--reserve 0.5 --channels 64,128,128 --hidden 1024``."""
+    from blip_rl.train import main
+
+    cfgs = []
+    for flags in (
+        ["--agent", "blip-column"],
+        ["--agent", "blip", "--reserve", "0.5", "--channels", "64,128,128", "--hidden", "1024"],
+    ):
+        assert main(["--games", "tutankham,assault", *flags, "--dry-run"]) == 0
+        cfgs.append(json.loads(capsys.readouterr().out))
+    column, arm = cfgs
+    assert column["method_config"]["reserve"] == 0.5 and column["net"]["hidden"] == 1024
+    assert {k: v for k, v in column.items() if k != "agent"} == {
+        k: v for k, v in arm.items() if k != "agent"
+    }
+
+
 def test_library_raises_value_error_naming_the_field() -> None:
     with pytest.raises(ValueError, match="--max-bits 40"):
         NetConfig(max_bits=40)
