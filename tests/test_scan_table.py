@@ -143,3 +143,44 @@ def test_agent_tag_names_a_whole_fine_tuning_run_on_the_blip_network_like_its_br
     assert config["agent"] == "finetune" and config["net"]["blip"] is True
     analyze = load_script("benchmarks/forgetting/analyze.py", "forgetting_analyze_tag")
     assert analyze.read_run(run).data.agent == "finetune@blipnet"
+
+
+def test_branches_only_waits_for_the_source_and_never_trains_it(tmp_path: Path) -> None:
+    """run_evidence.py ``--branches-only`` (the second core of one seed): started before the
+    source exists, it waits for the source's after-game-1.pt, trains no source run itself, and
+    then branches from that file; the source process (same command, no flag) skips the branch
+    that is done."""
+    import subprocess
+    import sys
+    import time
+
+    script = sg.REPO / "benchmarks/forgetting/run_evidence.py"
+    base = [sys.executable, str(script), "--games", "breakout,pong", "--agents", "blip",
+            "--branch-agents", "finetune", "--branch-flags=--blip true", "--seeds", "1",
+            "--steps", "64", "--eval-every", "0", "--eval-episodes", "1", "--no-scratch",
+            "--runs-dir", str(tmp_path)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    waiter = subprocess.Popen(
+        [*base, "--branches-only", "--poll", "0.2"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seq = tmp_path / "breakout-pong"
+    try:
+        time.sleep(3)
+        assert waiter.poll() is None and not (seq / "blip-s1-64").exists()
+        subprocess.run([*base, "--branch-agents", ""], cwd=tmp_path, env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        out, _ = waiter.communicate(timeout=240)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, out
+    assert "waiting for" in out and "blip-s1-64/checkpoints/after-game-1.pt" in out
+    assert "--agent blip " not in out  # the source was trained by the other process only
+    branch = seq / "finetune-s1-64"
+    config = json.loads((branch / "config.json").read_text())
+    assert config["agent"] == "finetune" and config["net"]["blip"] is True
+    assert config["branched_from"].endswith("blip-s1-64/checkpoints/after-game-1.pt")
+    assert (branch / "summary.json").exists()
+    # the whole plan again: both runs are done, nothing trains
+    again = subprocess.run(base, cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+    assert again.stdout.count("done already") == 2

@@ -15,7 +15,13 @@ agents (``--branch-agents``: they start at game 2 from the first agent's
 ``after-game-1.pt``, so game 1 is trained once per seed and both methods share it), then that
 seed's from-scratch runs, so that a partial plan still holds whole seeds. Every run uses the same
 protocol: sticky actions off, the CLI's PPO defaults, ``--num-envs 8``, one emulator thread,
-evaluation every ``--eval-every`` env steps with ``--eval-episodes`` episodes. Then::
+evaluation every ``--eval-every`` env steps with ``--eval-episodes`` episodes.
+
+Two cores, one seed: a branch needs only its source's ``after-game-1.pt``, not the finished
+source, so the same command with ``--branches-only`` in a second process runs the branches
+while the first trains the source's later games. It runs no ``--agents`` run (not even a
+killed one) and no from-scratch run, and waits, polling every ``--poll`` seconds, until each
+branch's checkpoint exists. Then::
 
     python benchmarks/forgetting/analyze.py runs/forgetting/evidence/freeway-krull/* \\
         --scratch runs/forgetting/scan/krull-s* --out benchmarks/forgetting/report
@@ -79,6 +85,14 @@ def train(
     return rc
 
 
+def wait_for(path: Path, poll: float) -> None:
+    """Block until ``path`` exists (a checkpoint that another process writes atomically)."""
+    if not path.exists():
+        print(f"[evidence] {time.strftime('%H:%M:%S')} waiting for {path}", flush=True)
+    while not path.exists():
+        time.sleep(poll)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--games", required=True, help="comma-separated sequence")
@@ -117,6 +131,16 @@ def main() -> None:
         "game (the analysis groups these runs as '@branch'); a seed without it trains game 1 "
         "as usual",
     )
+    ap.add_argument(
+        "--branches-only",
+        action="store_true",
+        help="run only the --branch-agents runs, each once its source's after-game-1.pt "
+        "exists: another process (the same command without this flag) trains the sources "
+        "and the from-scratch runs",
+    )
+    ap.add_argument(
+        "--poll", type=float, default=30.0, help="seconds between checks for --branches-only"
+    )
     ap.add_argument("--tag", default="", help="suffix of the branch runs' folder names")
     ap.add_argument(
         "--agent-tag",
@@ -129,6 +153,8 @@ def main() -> None:
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     if len(games) < 2:
         ap.error(f"--games {args.games!r}: a sequence needs at least two games")
+    if args.branches_only and not args.branch_agents.strip():
+        ap.error("--branches-only: name the branch runs with --branch-agents")
     seeds = [int(s) for s in args.seeds.split(",")]
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     code = args.code.resolve() if args.code else None
@@ -145,19 +171,23 @@ def main() -> None:
         if shared is not None and not shared.exists():
             print(f"[evidence] no {shared}: seed {seed} trains its own game 1", flush=True)
             shared = None
-        plan: list[tuple[Path, str, list[str]]] = []  # (run folder, agent, extra flags)
+        # (run folder, agent, extra flags, a checkpoint to wait for)
+        plan: list[tuple[Path, str, list[str], Path | None]] = []
         for agent in agents:
             folder = seq_dir / f"{agent}{args.agent_tag}-s{seed}-{args.steps}"
             source = source or folder
             start = ["--from-checkpoint", str(shared)] if shared is not None else []
-            plan.append((folder, agent, [*start, *args.extra]))
+            if not args.branches_only:
+                plan.append((folder, agent, [*start, *args.extra], None))
         for agent in branches:
             assert source is not None
             ckpt = shared or source / "checkpoints" / "after-game-1.pt"
             folder = seq_dir / f"{agent}{args.tag}-s{seed}-{args.steps}"
             flags = ["--from-checkpoint", str(ckpt), *args.branch_flags.split(), *args.extra]
-            plan.append((folder, agent, flags))
-        for folder, agent, flags in plan:
+            plan.append((folder, agent, flags, ckpt if args.branches_only else None))
+        for folder, agent, flags, needs in plan:
+            if needs is not None and not (folder / "summary.json").exists():
+                wait_for(needs, args.poll)
             rc = train(
                 folder,
                 games,
@@ -170,7 +200,7 @@ def main() -> None:
                 flags,
             )
             failed += rc != 0
-        if args.no_scratch:
+        if args.no_scratch or args.branches_only:
             continue
         for game in games[1:]:
             folder = args.scratch_dir / f"{game}-s{seed}-{args.steps}"
