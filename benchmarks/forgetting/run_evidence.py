@@ -18,8 +18,9 @@ protocol: sticky actions off, the CLI's PPO defaults, ``--num-envs 8``, one emul
 evaluation every ``--eval-every`` env steps with ``--eval-episodes`` episodes.
 
 Two cores, one seed: a branch needs only its source's ``after-game-1.pt``, not the finished
-source, so the same command with ``--branches-only`` in a second process runs the branches
-while the first trains the source's later games. It runs no ``--agents`` run (not even a
+source, so the command with ``--branches-only`` in a second process runs the branches while
+the first, the same command without ``--branch-agents`` (else it would resume a branch still
+training in the second), trains the source's later games. It runs no ``--agents`` run (not even a
 killed one) and no from-scratch run, and waits, polling every ``--poll`` seconds, until each
 branch's checkpoint exists. Then::
 
@@ -135,8 +136,8 @@ def main() -> None:
         "--branches-only",
         action="store_true",
         help="run only the --branch-agents runs, each once its source's after-game-1.pt "
-        "exists: another process (the same command without this flag) trains the sources "
-        "and the from-scratch runs",
+        "exists: another process (the same command without --branch-agents) trains the "
+        "sources and the from-scratch runs",
     )
     ap.add_argument(
         "--poll", type=float, default=30.0, help="seconds between checks for --branches-only"
