@@ -184,3 +184,67 @@ def test_branches_only_waits_for_the_source_and_never_trains_it(tmp_path: Path) 
     # the whole plan again: both runs are done, nothing trains
     again = subprocess.run(base, cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
     assert again.stdout.count("done already") == 2
+
+
+def _screen_run(root: Path, game: str, agent: str, bits: float | None, scores: list[float]) -> None:
+    """A finished single-game run folder as the train CLI leaves it (the files the table reads)."""
+    folder = root / f"{game}-s1-200000"
+    folder.mkdir()
+    after = {} if bits is None else {"mean_bits": bits}
+    summary = {"games": [game], "agent": agent, "seed": 1, "steps_per_game": 200_000,
+               "after_game": [after], "precision_used": "fp32", "wall_time_s": 1.0}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    config = {"games": [game], "agent": agent, "steps_per_game": 200_000, "seed": 1,
+              "eval_episodes": 16, "eval_every": 100_000, "ppo": {"precision": "fp32"}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    rows = ["global_step,game_index,after_game,game,return,normalized,stderr,episodes"]
+    for step, score in zip((100_352, 200_704), scores, strict=True):
+        rows.append(f"{step},0,,{game},{score},0,0.5,16")
+    (folder / "evals.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_a_blip_screen_reports_the_freeze_and_which_games_have_a_small_fisher(
+    tmp_path: Path,
+) -> None:
+    """``--agent blip``: the table adds the agent, the mean bits frozen after the game and the
+    small-Fisher verdict (learned at the last milestone and under 3 bits), and its commands
+    rerun BLIP at the precision that ran."""
+    _screen_run(tmp_path, "freeway", "blip", 1.2, [5.0, 20.0])  # learned, small freeze
+    _screen_run(tmp_path, "krull", "blip", 4.1, [3000.0, 3500.0])  # learned, large freeze
+    _screen_run(tmp_path, "pong", "blip", 0.4, [-20.7, -20.7])  # small freeze, not learned
+    _screen_run(tmp_path, "boxing", "blip", 2.0, [6.0, 0.1])  # learned at 100k only
+    out = tmp_path / "screen.md"
+    sg.write_report(tmp_path, out, (100_000, 200_000))
+    text = out.read_text()
+    assert "| game | agent | seed |" in text and "mean bits after the game |" in text
+    verdicts = {g: (_row(text, g)[11], _row(text, g)[12]) for g in ("freeway", "krull", "pong")}
+    assert verdicts == {"freeway": ("1.20", "yes"), "krull": ("4.10", "no"), "pong": ("0.40", "no")}
+    assert _row(text, "boxing")[7] == "learned" and _row(text, "boxing")[12] == "no"
+    assert text.splitlines()[0].startswith("# Game screen")
+    assert "--eval-episodes 16 --agent blip --precision fp32 --milestones 100000,200000" in text
+    # plain runs keep the plain table: no agent column, no freeze columns
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    _screen_run(plain, "krull", "finetune", None, [3000.0, 3500.0])
+    sg.write_report(plain, out, (100_000, 200_000))
+    text = out.read_text()
+    assert "| game | seed |" in text and "mean bits" not in text
+    assert "--eval-episodes 16 --precision fp32 --milestones" in text  # finetune: no --agent
+
+
+def test_the_default_precision_stays_out_of_the_commands() -> None:
+    from blip_rl.ppo import PPOConfig
+
+    assert PPOConfig().precision == sg.DEFAULT_PRECISION
+    assert "--precision" not in sg.scan_command(["krull"], 100, 1, 8, 0, "blip", "bf16")
+    assert sg.scan_command(["krull"], 100, 1, 8, 0, "blip", "fp32").endswith(
+        "--eval-episodes 8 --agent blip --precision fp32"
+    )
+
+
+def test_a_screen_never_reuses_another_agents_run_folder(tmp_path: Path) -> None:
+    """A BLIP screen pointed at a folder of plain runs stops with exit 2 and trains nothing."""
+    _screen_run(tmp_path, "krull", "finetune", None, [3000.0, 3500.0])
+    before = sorted(p.name for p in (tmp_path / "krull-s1-200000").iterdir())
+    assert sg.train_one("krull", 1, 200_000, tmp_path, 16, 100_000, agent="blip") == 2
+    assert sorted(p.name for p in (tmp_path / "krull-s1-200000").iterdir()) == before

@@ -17,12 +17,24 @@ human-normalized score and a verdict:
 * ``weak``: above random by more than 2 standard errors, but by less than 10% of the gap;
 * ``no``: within 2 standard errors of random (or below).
 
+With ``--agent blip`` the same runs screen first games for a sequence: the table then adds
+the mean number of bits the BLIP freeze locked per parameter after the game (``summary.json``'s
+``after_game[0].mean_bits``, the freeze a sequence would make after this game as its first) and
+whether the game is a **small-Fisher first game**: learned at the last milestone with under
+``SMALL_FREEZE_BITS`` (3) mean bits (``benchmarks/forgetting/README.md``, "What is missing",
+item 2).
+
 Usage (one core, one thread)::
 
     OMP_NUM_THREADS=1 python benchmarks/forgetting/scan_games.py \\
         --games boxing,krull,road_runner --steps 100000 --seed 1
 
     python benchmarks/forgetting/scan_games.py --table-only   # rebuild the table
+
+    # the small-Fisher screen: BLIP runs, fp32, their own folder and table
+    OMP_NUM_THREADS=1 python benchmarks/forgetting/scan_games.py --agent blip --precision fp32 \\
+        --games double_dunk --steps 200000 --eval-episodes 16 --milestones 100000,200000 \\
+        --runs-dir runs/forgetting/screen-small --out benchmarks/forgetting/screen_small.md
 
 On a working tree that others edit while the scan runs, train from a frozen copy of the code:
 ``git archive HEAD | tar -x -C /tmp/blip_snap`` and ``--code /tmp/blip_snap`` (every training
@@ -50,6 +62,10 @@ DEFAULT_GAMES = (
 )
 #: Fraction of the random-to-human gap a game must gain to count as learned.
 LEARNED_FRACTION = 0.10
+#: The train CLI's ``--precision`` (``PPOConfig.precision``): commands name only another one.
+DEFAULT_PRECISION = "bf16"
+#: A learned first game whose freeze locks fewer mean bits than this has a small Fisher.
+SMALL_FREEZE_BITS = 3.0
 
 
 @dataclass
@@ -64,6 +80,8 @@ class Point:
     sem: float
     episodes: int
     wall_s: float | None
+    agent: str = "finetune"
+    bits: float | None = None  # mean bits frozen after the game (BLIP runs only)
 
 
 def absolute_dir(path: str) -> Path:
@@ -102,9 +120,20 @@ def train_one(
     eval_episodes: int,
     eval_every: int,
     code: Path | None = None,
+    agent: str = "finetune",
+    precision: str | None = None,
 ) -> int:
-    """Train ``game`` alone with the plain network; returns the CLI's exit code."""
+    """Train ``game`` alone with ``agent`` (the plain network by default); returns the CLI's
+    exit code."""
     folder = run_folder(runs_dir, game, seed, steps)
+    config = folder / "config.json"
+    if config.exists() and (other := json.loads(config.read_text()).get("agent", agent)) != agent:
+        print(
+            f"scan_games.py: error: {folder} holds a run of --agent {other}, not {agent}; "
+            "give this screen its own --runs-dir",
+            file=sys.stderr,
+        )
+        return 2
     if (folder / "summary.json").exists():
         return 0
     cmd = [
@@ -114,8 +143,9 @@ def train_one(
         "--games",
         game,
         "--agent",
-        "finetune",
+        agent,
         *protocol_flags(seed, steps, eval_every, eval_episodes),
+        *(["--precision", precision] if precision else []),
         "--runs-dir",
         str(runs_dir),
         "--run-name",
@@ -158,6 +188,8 @@ def read_points(runs_dir: Path) -> list[Point]:
         if len(summary["games"]) != 1:
             continue
         game = summary["games"][0]
+        after = (summary.get("after_game") or [{}])[0]
+        bits = float(after["mean_bits"]) if "mean_bits" in after else None
         with open(folder / "evals.csv") as f:
             rows = list(csv.DictReader(f))
         # evals.csv has each evaluation's standard error; older runs keep it in a checkpoint
@@ -180,6 +212,8 @@ def read_points(runs_dir: Path) -> list[Point]:
                     sem=sem,
                     episodes=n,
                     wall_s=float(summary.get("wall_time_s", math.nan)),
+                    agent=str(summary.get("agent", "finetune")),
+                    bits=bits,
                 )
             )
     return points
@@ -220,13 +254,15 @@ def _k(steps: int) -> str:
 
 
 def table(points: list[Point], milestones: tuple[int, ...] = MILESTONES) -> str:
-    """The markdown table: one row per game and seed, one column group per milestone (env
-    steps; by default 100k and 300k)."""
+    """The markdown table: one row per game, agent and seed, one column group per milestone (env
+    steps; by default 100k and 300k). Runs with a freeze (BLIP) add the agent, the mean bits
+    frozen after the game and the small-Fisher verdict (see the module docstring)."""
     from blip_rl.atari import reference_scores
 
-    by_key: dict[tuple[str, int], dict[int, Point]] = {}
+    freeze = any(p.bits is not None for p in points)
+    by_key: dict[tuple[str, str, int], dict[int, Point]] = {}
     for p in points:
-        cur = by_key.setdefault((p.game, p.seed), {})
+        cur = by_key.setdefault((p.game, p.agent, p.seed), {})
         # at equal step, prefer the shorter run (at a milestone, the run with that budget, whose
         # learning rate has annealed, over an intermediate point of a longer run), then the
         # evaluation with more episodes
@@ -241,22 +277,39 @@ def table(points: list[Point], milestones: tuple[int, ...] = MILESTONES) -> str:
         norm = "-" if ref is None else f"{(p.mean - ref[0]) / (ref[1] - ref[0]):.2f}"
         return score, norm, verdict(p.mean, p.sem, ref)
 
+    extra = (
+        f"mean bits after the game | learned, under {SMALL_FREEZE_BITS:g} bits? | "
+        if freeze
+        else ""
+    )
     lines = [
-        "| game | seed | random | human | "
+        f"| game | {'agent | ' if freeze else ''}seed | random | human | "
         + "".join(f"return @{_k(m)} | norm | learned? | " for m in milestones)
+        + extra
         + "episodes |",
-        "|" + "---|" * (5 + 3 * len(milestones)),
+        "|" + "---|" * (5 + 3 * len(milestones) + 3 * freeze),
     ]
-    for (game, seed), evals in sorted(by_key.items()):
+    for (game, agent, seed), evals in sorted(by_key.items()):
         ref = reference_scores(game)
         rnd, hum = ("-", "-") if ref is None else (f"{ref[0]:g}", f"{ref[1]:g}")
         at = [at_milestone(evals, m) for m in milestones]
         if all(p is None for p in at):
             continue  # e.g. a 500k from-scratch run of the evidence, evaluated only at its end
         eps = sorted({p.episodes for p in evals.values()})
+        cells = [cell(p, ref) for p in at]
+        small = ""
+        if freeze:
+            bits = next(iter(evals.values())).bits
+            last = cells[-1][2]  # the verdict at the last milestone
+            if bits is None:
+                small = "- | - | "
+            else:
+                ok = last == "learned" and bits < SMALL_FREEZE_BITS
+                small = f"{bits:.2f} | {'yes' if ok else 'no'} | "
         lines.append(
-            f"| {game} | {seed} | {rnd} | {hum} | "
-            + "".join(" | ".join(cell(p, ref)) + " | " for p in at)
+            f"| {game} | {f'{agent} | ' if freeze else ''}{seed} | {rnd} | {hum} | "
+            + "".join(" | ".join(c) + " | " for c in cells)
+            + small
             + f"{','.join(map(str, eps))} |"
         )
     return "\n".join(lines)
@@ -267,9 +320,21 @@ def default_eval_every(steps: int) -> int:
     return 100_000 if steps > 100_000 else 0
 
 
-def scan_command(games: list[str], steps: int, seed: int, episodes: int, every: int) -> str:
+def scan_command(
+    games: list[str],
+    steps: int,
+    seed: int,
+    episodes: int,
+    every: int,
+    agent: str = "finetune",
+    precision: str | None = None,
+) -> str:
     """The command line that runs (or resumes) these scan runs."""
     flag = "" if every == default_eval_every(steps) else f" --eval-every {every}"
+    if agent != "finetune":
+        flag += f" --agent {agent}"
+    if precision and precision != DEFAULT_PRECISION:
+        flag += f" --precision {precision}"
     return (
         "OMP_NUM_THREADS=1 python benchmarks/forgetting/scan_games.py "
         f"--games {','.join(games)} --steps {steps} --seed {seed} --eval-episodes {episodes}" + flag
@@ -280,7 +345,7 @@ def commands(runs_dir: Path) -> list[str]:
     """One scan command per (budget, seed, episodes, interval) among the finished single-game
     runs under ``runs_dir``, games in the order they were started: together they reproduce the
     table (a from-scratch run of ``run_evidence.py`` is the same run as this command's)."""
-    groups: dict[tuple[int, int, int, int], list[tuple[float, str]]] = {}
+    groups: dict[tuple[int, int, int, int, str, str], list[tuple[float, str]]] = {}
     for summary_path in runs_dir.glob("*/summary.json"):
         config_path = summary_path.parent / "config.json"
         if not config_path.exists():
@@ -293,10 +358,12 @@ def commands(runs_dir: Path) -> list[str]:
             int(c["seed"]),
             int(c["eval_episodes"]),
             int(c["eval_every"]),
+            str(c.get("agent", "finetune")),
+            str((c.get("ppo") or {}).get("precision") or ""),
         )
         groups.setdefault(key, []).append((config_path.stat().st_mtime, c["games"][0]))
     return [
-        scan_command([g for _, g in sorted(started)], *key)
+        scan_command([g for _, g in sorted(started)], *key[:5], key[5] or None)
         for key, started in sorted(groups.items())
     ]
 
@@ -318,10 +385,25 @@ def write_report(runs_dir: Path, out: Path, milestones: tuple[int, ...] = MILEST
         key = json.loads(path.read_text()).get("precision_used", "not recorded")
         ran[key] = ran.get(key, 0) + 1
     precision = ", ".join(f"{k} in {n} run(s)" for k, n in sorted(ran.items()))
-    text = f"""# Game scan: which games plain PPO learns within 100k-300k env steps
+    agents = sorted({p.agent for p in points})
+    title = "Game scan: which games plain PPO learns within 100k-300k env steps"
+    network = "plain network (`--agent finetune`)"
+    freeze = ""
+    if agents and agents != ["finetune"]:
+        title = "Game screen: which games PPO learns, and how much the BLIP freeze locks after each"
+        network = f"the agent in each row's `agent` column (`--agent`: {', '.join(agents)})"
+        freeze = f"""
+`mean bits after the game`: the mean number of leading bits the BLIP freeze locked per
+parameter after the game (`summary.json`'s `after_game[0].mean_bits`), the freeze a sequence
+would make after this game as its first. `learned, under {SMALL_FREEZE_BITS:g} bits?`: **yes** when
+the game is learned at the last column's milestone and its freeze locks under
+{SMALL_FREEZE_BITS:g} mean bits: a small-Fisher first game (`benchmarks/forgetting/README.md`,
+"What is missing", item 2).
+"""
+    text = f"""# {title}
 
 Generated by `benchmarks/forgetting/scan_games.py` (rewritten after each game). Protocol: one
-game alone, plain network (`--agent finetune`), sticky actions off (`--sticky-actions 0`, as
+game alone, {network}, sticky actions off (`--sticky-actions 0`, as
 Gymnasium's `v4` envs and SB3's Atari benchmarks), 8 envs, the CLI's PPO defaults, one run per
 game and seed, evaluation on whole games (all lives, sampled actions) with the episode count
 in the last column. Score: mean ± standard error over the evaluation episodes. `norm`:
@@ -332,7 +414,7 @@ in the last column. Score: mean ± standard error over the evaluation episodes. 
 least {LEARNED_FRACTION:.0%} of the random-to-human gap; **weak** when above random by more than
 2 standard errors but by less; **no** otherwise. One or two seeds per game: a screening, not a
 result (seeds decide a lot at these budgets, see issue 9).
-
+{freeze}
 Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores shared with other work
 (one torch thread, one emulator thread). Commit at table time: `{commit}`. Precision that
 ran (`summary.json`): {precision}.
@@ -370,6 +452,15 @@ def main() -> None:
     ap.add_argument(
         "--code", type=Path, default=None, help="import blip_rl from this copy of the repository"
     )
+    ap.add_argument(
+        "--agent",
+        default="finetune",
+        help="agent preset of every run (default: finetune, the plain network; blip adds the "
+        "freeze's bits to the table)",
+    )
+    ap.add_argument(
+        "--precision", default=None, help="--precision of every run (default: the CLI's)"
+    )
     args = ap.parse_args()
     if args.code is not None:
         args.code = args.code.resolve()
@@ -392,7 +483,15 @@ def main() -> None:
     for game in [g.strip() for g in args.games.split(",") if g.strip()]:
         t0 = time.perf_counter()
         rc = train_one(
-            game, args.seed, args.steps, args.runs_dir, args.eval_episodes, every, args.code
+            game,
+            args.seed,
+            args.steps,
+            args.runs_dir,
+            args.eval_episodes,
+            every,
+            args.code,
+            args.agent,
+            args.precision,
         )
         print(f"[scan] {game}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
         try:
