@@ -260,6 +260,7 @@ def table(points: list[Point], milestones: tuple[int, ...] = MILESTONES) -> str:
     from blip_rl.atari import reference_scores
 
     freeze = any(p.bits is not None for p in points)
+    show_agent = any(p.agent != "finetune" for p in points)
     by_key: dict[tuple[str, str, int], dict[int, Point]] = {}
     for p in points:
         cur = by_key.setdefault((p.game, p.agent, p.seed), {})
@@ -283,11 +284,11 @@ def table(points: list[Point], milestones: tuple[int, ...] = MILESTONES) -> str:
         else ""
     )
     lines = [
-        f"| game | {'agent | ' if freeze else ''}seed | random | human | "
+        f"| game | {'agent | ' if show_agent else ''}seed | random | human | "
         + "".join(f"return @{_k(m)} | norm | learned? | " for m in milestones)
         + extra
         + "episodes |",
-        "|" + "---|" * (5 + 3 * len(milestones) + 3 * freeze),
+        "|" + "---|" * (5 + 3 * len(milestones) + show_agent + 2 * freeze),
     ]
     for (game, agent, seed), evals in sorted(by_key.items()):
         ref = reference_scores(game)
@@ -298,16 +299,12 @@ def table(points: list[Point], milestones: tuple[int, ...] = MILESTONES) -> str:
         eps = sorted({p.episodes for p in evals.values()})
         cells = [cell(p, ref) for p in at]
         small = ""
-        if freeze:
-            bits = next(iter(evals.values())).bits
-            last = cells[-1][2]  # the verdict at the last milestone
-            if bits is None:
-                small = "- | - | "
-            else:
-                ok = last == "learned" and bits < SMALL_FREEZE_BITS
-                small = f"{bits:.2f} | {'yes' if ok else 'no'} | "
+        if freeze:  # the freeze of the run that gives the last milestone, judged with its verdict
+            bits = at[-1].bits if at[-1] is not None else None
+            ok = bits is not None and cells[-1][2] == "learned" and bits < SMALL_FREEZE_BITS
+            small = "- | - | " if bits is None else f"{bits:.2f} | {'yes' if ok else 'no'} | "
         lines.append(
-            f"| {game} | {f'{agent} | ' if freeze else ''}{seed} | {rnd} | {hum} | "
+            f"| {game} | {f'{agent} | ' if show_agent else ''}{seed} | {rnd} | {hum} | "
             + "".join(" | ".join(c) + " | " for c in cells)
             + small
             + f"{','.join(map(str, eps))} |"
@@ -345,7 +342,7 @@ def commands(runs_dir: Path) -> list[str]:
     """One scan command per (budget, seed, episodes, interval) among the finished single-game
     runs under ``runs_dir``, games in the order they were started: together they reproduce the
     table (a from-scratch run of ``run_evidence.py`` is the same run as this command's)."""
-    groups: dict[tuple[int, int, int, int, str, str], list[tuple[float, str]]] = {}
+    groups: dict[tuple[int, int, int, int, str, str | None], list[tuple[float, str]]] = {}
     for summary_path in runs_dir.glob("*/summary.json"):
         config_path = summary_path.parent / "config.json"
         if not config_path.exists():
@@ -359,12 +356,12 @@ def commands(runs_dir: Path) -> list[str]:
             int(c["eval_episodes"]),
             int(c["eval_every"]),
             str(c.get("agent", "finetune")),
-            str((c.get("ppo") or {}).get("precision") or ""),
+            (c.get("ppo") or {}).get("precision"),
         )
         groups.setdefault(key, []).append((config_path.stat().st_mtime, c["games"][0]))
     return [
-        scan_command([g for _, g in sorted(started)], *key[:5], key[5] or None)
-        for key, started in sorted(groups.items())
+        scan_command([g for _, g in sorted(started)], *key)
+        for key, started in sorted(groups.items(), key=lambda kv: (*kv[0][:5], kv[0][5] or ""))
     ]
 
 
@@ -388,10 +385,11 @@ def write_report(runs_dir: Path, out: Path, milestones: tuple[int, ...] = MILEST
     agents = sorted({p.agent for p in points})
     title = "Game scan: which games plain PPO learns within 100k-300k env steps"
     network = "plain network (`--agent finetune`)"
-    freeze = ""
-    if agents and agents != ["finetune"]:
+    if agents and agents != ["finetune"]:  # the table's condition for its agent column
         title = "Game screen: which games PPO learns, and how much the BLIP freeze locks after each"
         network = f"the agent in each row's `agent` column (`--agent`: {', '.join(agents)})"
+    freeze = ""
+    if any(p.bits is not None for p in points):  # the table's condition for its bits columns
         freeze = f"""
 `mean bits after the game`: the mean number of leading bits the BLIP freeze locked per
 parameter after the game (`summary.json`'s `after_game[0].mean_bits`), the freeze a sequence
@@ -490,8 +488,8 @@ def main() -> None:
             args.eval_episodes,
             every,
             args.code,
-            args.agent,
-            args.precision,
+            agent=args.agent,
+            precision=args.precision,
         )
         print(f"[scan] {game}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
         try:
