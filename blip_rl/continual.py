@@ -46,7 +46,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,6 +391,18 @@ class ContinualRun:
         """The autocast dtype of training and evaluation here (None: float32)."""
         return autocast_dtype(self.ppo_config.precision, self.device)
 
+    @contextmanager
+    def _own_rng(self, seed: int | None = None) -> Iterator[None]:
+        """Run the block on a fork of the global RNG, restored on exit, so the training after it
+        draws the same numbers as without it; seeded with ``seed`` when given, so the policy's
+        sampled actions inside depend on that seed alone (not on how much training came
+        before: a branch evaluates its source's network exactly as the source did)."""
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+
     def _policy_fn(self, head: int) -> Callable[[np.ndarray], np.ndarray]:
         net = self.net
         dtype = self._autocast()
@@ -416,14 +429,15 @@ class ContinualRun:
         for j, name in enumerate(self.eval_names):
             k = [g.name for g in self.games].index(name)
             seed = self.cfg.seed * 7919 + 1000 * round_index + j + 10_000
-            scores = atari.evaluate(
-                self._policy_fn(self.head_of[k]),
-                self.games[k],
-                self.cfg.eval_episodes,
-                seed=seed,
-                config=self.atari_config,
-                num_envs=min(self.cfg.eval_episodes, 8),
-            )
+            with self._own_rng(seed):
+                scores = atari.evaluate(
+                    self._policy_fn(self.head_of[k]),
+                    self.games[k],
+                    self.cfg.eval_episodes,
+                    seed=seed,
+                    config=self.atari_config,
+                    num_envs=min(self.cfg.eval_episodes, 8),
+                )
             mean = float(np.mean(scores))
             norm = atari.human_normalized(self.games[k], mean)
             results[name] = mean
@@ -529,19 +543,18 @@ class ContinualRun:
 
     def _policy_states(self, game_index: int, n: int) -> torch.Tensor:
         """``n`` training-env states visited by the current policy (no learning)."""
-        num = self.ppo_config.num_envs
-        envs = atari.make_train_envs(
-            self.games[game_index], num, self.cfg.seed + 50_000 + game_index, self.atari_config
-        )
+        num, seed = self.ppo_config.num_envs, self.cfg.seed + 50_000 + game_index
+        envs = atari.make_train_envs(self.games[game_index], num, seed, self.atari_config)
         act = self._policy_fn(self.head_of[game_index])
         out = []
         try:
-            obs, _ = envs.reset(seed=self.cfg.seed + 50_000 + game_index)
-            got = 0
-            while got < n:
-                out.append(torch.as_tensor(obs).clone())
-                got += len(obs)
-                obs, *_ = envs.step(act(obs))
+            with self._own_rng(seed):
+                obs, _ = envs.reset(seed=seed)
+                got = 0
+                while got < n:
+                    out.append(torch.as_tensor(obs).clone())
+                    got += len(obs)
+                    obs, *_ = envs.step(act(obs))
         finally:
             envs.close()
         return torch.cat(out)[:n]
@@ -672,8 +685,7 @@ class ContinualRun:
             (self.games[names.index(n)], self._policy_fn(self.head_of[names.index(n)]))
             for n in self.eval_names
         ]
-        cuda = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        with self._own_rng():
             capture.after_game(k, self.games[k].name, self.progress.global_step, players, self.log)
 
     def _callback(

@@ -10,14 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from conftest import one_error_line
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny import TINY
 
+from blip_rl import atari
 from blip_rl.config import RunConfig
 from blip_rl.continual import ContinualRun, load_checkpoint
 from blip_rl.ppo import bf16_supported
+from blip_rl.tblog import TBLogger
 from blip_rl.train import main
 
 BLIP = ["--fisher-states", "96"]
@@ -160,6 +163,42 @@ def test_branch_from_trained_game_reruns_the_end_of_game_step(tmp_path: Path, ca
     first = load_checkpoint(tmp_path / "y" / "checkpoints" / "latest.pt")
     assert first["ppo"]["global_step"] == 128 and first["progress"]["game_trained"]
     assert "optimizer" not in first["ppo"]  # other games, other heads: fresh Adam moments
+
+
+def test_evaluation_draws_its_own_random_numbers(tmp_path: Path, monkeypatch) -> None:
+    """An evaluation's sampled actions depend on its seed alone, not on the random numbers the
+    training drew before it, and it draws none of the training's: a branch evaluates its
+    source's network exactly as the source did, and evaluating does not change the training."""
+    argv = [*TINY, *BLIP, "--steps-per-game", "64", "--eval-every", "0"]
+    assert main([*argv, "--runs-dir", str(tmp_path), "--run-name", "src"]) == 0
+    config = RunConfig.from_json(json.loads((tmp_path / "src" / "config.json").read_text()))
+    ckpt = load_checkpoint(tmp_path / "src" / "checkpoints" / "after-game-1.pt")
+    run = ContinualRun(tmp_path / "y", config, progress=False, branch=ckpt)
+    run.log = TBLogger(str(tmp_path / "y"))
+    played: list[np.ndarray] = []
+    real = atari.evaluate
+
+    def spy(policy_fn, *args, **kwargs):  # the real evaluation, its actions recorded
+        def act(obs: np.ndarray) -> np.ndarray:
+            played.append(np.asarray(policy_fn(obs)).copy())
+            return played[-1]
+
+        return real(act, *args, **kwargs)
+
+    monkeypatch.setattr(atari, "evaluate", spy)
+    rounds = len(run.history.evals)
+    seen = []
+    for training_draws in (1, 2):  # two different states of the training's RNG
+        torch.manual_seed(training_draws)
+        before = torch.get_rng_state()
+        played.clear()
+        run.evaluate_all(after_game=None)
+        assert torch.equal(torch.get_rng_state(), before)
+        seen.append(np.concatenate(played))
+        del run.history.evals[rounds:]  # the same evaluation round again
+    run.log.close()
+    assert len(np.unique(seen[0])) > 1  # a sampling policy: the actions do depend on the draws
+    assert np.array_equal(seen[0], seen[1])
 
 
 def test_finetune_agent_runs_without_blip_layers(tmp_path: Path) -> None:
