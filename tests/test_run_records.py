@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import shutil
 from pathlib import Path
@@ -83,6 +84,23 @@ def test_records_rebuild_the_analysis_and_refuse_another_run(tmp_path: Path, cap
     assert ar.main([str(runs), "--to", str(records)]) == 0
     assert "0 run(s) recorded" in capsys.readouterr().out
     before = (record / "evals.csv").read_bytes()
+    # A rerun that reproduced the record (another wall time, CSV line endings as git may leave
+    # them) keeps it and says so; any other difference in the summary is another run.
+    summary_file = run / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["wall_time_s"] += 123.0
+    summary_file.write_text(json.dumps(summary))
+    (record / "evals.csv").write_bytes(before.replace(b"\r\n", b"\n"))
+    assert ar.main([str(runs), "--to", str(records)]) == 0
+    assert "1 of them reproduced by a rerun" in capsys.readouterr().out
+    assert (record / "summary.json").read_bytes() != summary_file.read_bytes()
+    summary["resumes"] += 1
+    summary_file.write_text(json.dumps(summary))
+    assert ar.main([str(runs), "--to", str(records)]) == 2
+    assert str(record) in one_error_line(capsys)
+    summary["resumes"] -= 1
+    summary_file.write_text(json.dumps(summary))
+    (record / "evals.csv").write_bytes(before)
     (run / "evals.csv").write_text((run / "evals.csv").read_text().replace(",3\n", ",4\n"))
     assert ar.main([str(runs), "--to", str(records)]) == 2
     assert str(record) in one_error_line(capsys)

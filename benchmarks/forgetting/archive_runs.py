@@ -14,8 +14,11 @@ such a record as they read the run folder. Runs of several sessions then add up 
 
 A run written before ``evals.csv`` had its ``stderr`` and ``episodes`` columns gets them in its
 record, from the episode returns in its newest checkpoint. A record that is already there with
-the same content is kept; one that differs (another run under the same name) stops the command
-before anything is written (exit 2).
+the same content is kept. So is one that a rerun reproduced: the same seed and code give the
+same files except ``summary.json``'s ``wall_time_s`` (and the line endings of the CSV files, which
+git may have normalised); the command counts these reruns, so that rerunning a recorded run is a
+check of its record. A record that differs otherwise (another run under the same name) stops the
+command before anything is written (exit 2).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import statistics
 import sys
@@ -65,24 +69,47 @@ def record(run: Path) -> dict[str, bytes]:
     return files
 
 
-def plan(src: Path, dest: Path) -> tuple[list[tuple[Path, bytes]], int, list[str]]:
-    """The files to write, the number of runs already recorded, and the conflicts."""
+def _results(name: str, data: bytes) -> object:
+    """What a record file says about the run's results: the bytes, without the line endings of a
+    CSV file and without the wall time of ``summary.json`` (the one thing a rerun changes)."""
+    if name == "summary.json":
+        summary = json.loads(data)
+        summary.pop("wall_time_s", None)
+        return summary
+    return data.replace(b"\r\n", b"\n") if name.endswith(".csv") else data
+
+
+def reproduces(target: Path, files: dict[str, bytes]) -> bool:
+    """Whether the record at ``target`` holds the same results as ``files`` (see ``_results``)."""
+    return all(
+        (target / n).is_file() and _results(n, (target / n).read_bytes()) == _results(n, data)
+        for n, data in files.items()
+    )
+
+
+def plan(src: Path, dest: Path) -> tuple[list[tuple[Path, bytes]], int, int, list[str]]:
+    """The files to write, the number of runs already recorded, how many of these a rerun
+    reproduced, and the conflicts."""
     writes: list[tuple[Path, bytes]] = []
-    kept = 0
+    kept = reproduced = 0
     conflicts: list[str] = []
     for summary in sorted(src.rglob("summary.json")):
         run = summary.parent
         if dest.resolve() in run.resolve().parents:
             continue  # a record inside SRC is not a run
         target = dest / run.relative_to(src)
-        files = [(target / n, data) for n, data in record(run).items()]
+        rec = record(run)
+        files = [(target / n, data) for n, data in rec.items()]
         if all(t.is_file() and t.read_bytes() == data for t, data in files):
             kept += 1
+        elif target.exists() and reproduces(target, rec):
+            kept += 1
+            reproduced += 1
         elif target.exists():
             conflicts.append(str(target))
         else:
             writes += files
-    return writes, kept, conflicts
+    return writes, kept, reproduced, conflicts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.src.is_dir():
         print(f"error: {args.src}: no such folder of runs", file=sys.stderr)
         return 2
-    writes, kept, conflicts = plan(args.src, args.to)
+    writes, kept, reproduced, conflicts = plan(args.src, args.to)
     if conflicts:
         print(
             f"error: {conflicts[0]} holds another run's record"
@@ -106,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     runs = len({t.parent for t, _ in writes})
-    print(f"archive_runs: {runs} run(s) recorded in {args.to}, {kept} already there")
+    again = f" ({reproduced} of them reproduced by a rerun: same results)" if reproduced else ""
+    print(f"archive_runs: {runs} run(s) recorded in {args.to}, {kept} already there{again}")
     return 0
 
 
