@@ -132,6 +132,14 @@ def _shade_games(ax: Any, run: RunData) -> None:
         )
 
 
+def _steps_axis(ax: Any, label: str) -> None:
+    """Env steps on the x axis, written short ("150k", "1.2M") so that ticks never collide."""
+    from matplotlib.ticker import EngFormatter
+
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_xlabel(label)
+
+
 def plot_curves(run: RunData, path: Path) -> None:
     """Every game's evaluation return over the run (global steps), one line per game."""
     plt = pyplot()
@@ -139,7 +147,7 @@ def plot_curves(run: RunData, path: Path) -> None:
     _shade_games(ax, run)
     for g, (steps, values) in metrics.curves_by_game(run.evals).items():
         ax.plot(steps, values, marker="o", markersize=3, label=g)
-    ax.set_xlabel("global env steps (shaded: the game being trained)")
+    _steps_axis(ax, "global env steps (shaded: the game being trained)")
     ax.set_ylabel("evaluation return")
     ax.legend(fontsize=8)
     ax.set_title(f"{run.path.name}: every game, evaluated along the sequence", pad=16)
@@ -180,7 +188,7 @@ def plot_comparison(groups: dict[str, list[RunData]], games: list[str], path: Pa
                 dev = np.sqrt(np.nansum((ys - mean) ** 2, axis=0) / np.maximum(count - 1, 1))
                 ax.fill_between(grid, mean - dev, mean + dev, color=line.get_color(), alpha=0.2)
         ax.set_title(f"{j + 1}. {game}")
-        ax.set_xlabel("global env steps")
+        _steps_axis(ax, "global env steps")
         ax.set_ylabel("evaluation return")
     for k in range(len(games), rows * cols):
         axes[k // cols][k % cols].axis("off")

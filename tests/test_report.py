@@ -14,7 +14,7 @@ import pytest
 from conftest import one_error_line
 from tiny import TINY as BASE
 
-from blip_rl import metrics
+from blip_rl import metrics, plots
 from blip_rl.report import main as report
 from blip_rl.train import main as train
 
@@ -160,6 +160,50 @@ def test_comparison_groups_by_agent_with_mean_and_std(tmp_path: Path, capsys) ->
         "blip (reserve=0.0)": [1, 2],
         "blip (reserve=0.5)": [3],
     }
+
+
+def test_step_axes_labels_do_not_collide(tmp_path: Path, monkeypatch, capsys) -> None:
+    """At real budgets (200k per game) the x tick labels of the curve plots stay apart."""
+    games = ["pong", "breakout"]
+    steps = 200_000
+    evals = [
+        {"global_step": k * 100_000, "game_index": (k - 1) // 2, "game": g, "return": k}
+        for k in range(1, 5)
+        for g in games
+    ]
+    runs = [
+        _fake_run(tmp_path / f"r{s}", games, [[1, 1], [1, 1]], seed=s, steps=steps, evals=evals)
+        for s in (1, 2)
+    ]
+    figures: list[Any] = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: figures.append(fig))
+    assert report([*map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
+    assert report([str(runs[0]), "--out", str(tmp_path / "one")]) == 0
+    steps_axes = [a for f in figures for a in f.axes if a.get_xlabel().startswith("global env")]
+    curves = list({id(a.figure): a.figure for a in steps_axes}.values())
+    assert len(curves) >= 2  # the comparison's per-game panels and the one run's curves
+    checked = 0
+    for fig in curves:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            if not ax.get_xlabel().startswith("global env steps"):
+                continue
+            lo, hi = ax.get_xlim()
+            boxes = [
+                t.get_window_extent(renderer)
+                for tick, t in zip(ax.xaxis.get_major_ticks(), ax.get_xticklabels(), strict=True)
+                if lo <= tick.get_loc() <= hi and t.get_text()
+            ]
+            assert len(boxes) >= 3
+            boxes.sort(key=lambda b: b.x0)
+            # a visible gap (8 px, about half a character) between neighbours, not just no overlap
+            assert all(b.x0 - a.x1 >= 8 for a, b in zip(boxes[:-1], boxes[1:], strict=True)), [
+                t.get_text() for t in ax.get_xticklabels()
+            ]
+            checked += 1
+        plots.pyplot().close(fig)
+    assert checked >= 3
 
 
 def test_several_runs_default_out_is_next_to_them(tmp_path: Path, capsys) -> None:
