@@ -162,6 +162,44 @@ def test_analyze_run_folders_end_to_end(tmp_path: Path) -> None:
     assert "inconclusive, 2 seed(s) with a learned game to forget" in text
 
 
+def test_three_games_show_the_freeze_each_later_game_meets(tmp_path: Path) -> None:
+    """A three-game sequence: forgetting of games 1-2 after game 3, plasticity of games 2-3,
+    and BLIP's frozen bits after games 1 and 2 (what games 2 and 3 each met), not game 1's
+    alone; a method without a freeze shows none."""
+    games = ["freeway", "boxing", "pong"]  # random 0.0, 0.1, -20.7
+    runs = []
+    for s in (1, 2, 3):
+        m = [[20.0, 0.1, -20.7], [19.0, 10.1, -20.7], [18.0, 9.1, -10.7]]
+        run = _fake_run(tmp_path, f"b{s}", "blip", s, games, m)
+        after = [{"mean_bits": 3.0 + s / 10}, {"mean_bits": 5.0 + s / 10}, {"mean_bits": 6.0}]
+        summary = {"metrics": {"games": games, "matrix": m}, "after_game": after}
+        (run / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+        ft = [[20.0, 0.1, -20.7], [10.0, 20.1, -20.7], [5.0, 10.1, -0.7]]
+        runs.append(_fake_run(tmp_path, f"f{s}", "finetune", s, games, ft))
+    scratch = [_fake_run(tmp_path, f"sb{s}", "finetune", s, ["boxing"], [[20.1]]) for s in (1, 2)]
+    scratch += [_fake_run(tmp_path, f"sp{s}", "finetune", s, ["pong"], [[-0.7]]) for s in (1, 2)]
+    out = tmp_path / "report"
+    res = {r.label: r for r in az.analyze(runs, scratch, out, reps=50)}
+    blip, ft = res["blip"], res["finetune"]
+    # freeway: best 20 -> 18 of gain 20; boxing: best 10.1 -> 9.1 of gain 10
+    assert blip.forgetting[0, :2] == pytest.approx([0.1, 0.1]) and np.isnan(blip.forgetting[0, 2])
+    assert ft.forgetting[0, :2] == pytest.approx([0.75, 0.5])
+    # boxing 10 of from-scratch 20, pong 10 of from-scratch 20
+    assert blip.plasticity[0, 1:] == pytest.approx([0.5, 0.5])
+    assert blip.mean_bits_after == pytest.approx([3.2, 5.2])
+    assert blip.mean_bits == pytest.approx(3.2)
+    assert len(ft.mean_bits_after) == 2 and np.isnan(ft.mean_bits_after).all()
+    rows = {
+        line.split(" | ")[1]: line
+        for line in (out / "forgetting.md").read_text().splitlines()
+        if line.startswith("| freeway,boxing,pong |")
+    }
+    assert rows["blip"].endswith("| 3.20, 5.20 |") and rows["finetune"].endswith("| – |")
+    saved = {g["label"]: g for g in json.loads((out / "analysis.json").read_text())}
+    assert saved["blip"]["mean_bits_after"] == pytest.approx([3.2, 5.2])
+
+
 def test_groups_keep_protocols_and_trained_game_branches_apart(tmp_path: Path) -> None:
     """Runs of two protocol versions form separate groups and the bar pairs each method with
     the baseline of its own protocol; branches from trained-game-1.pt are their own group."""

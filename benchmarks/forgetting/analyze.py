@@ -274,6 +274,9 @@ class GroupResult:
     means: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     mean_bits: float = math.nan
     """BLIP: the mean frozen bits per parameter after game 1, over the runs (NaN otherwise)."""
+    mean_bits_after: list[float] = field(default_factory=list)
+    """BLIP: the same after each game but the last (game 1's first): the freeze each later game
+    meets, e.g. two values for three games (empty for other methods)."""
     method: str = ""
     """The continual method of the group's runs (``blip``, ``finetune``, ``ewc``...)."""
     knobs: dict[str, float] = field(default_factory=dict)
@@ -347,6 +350,14 @@ def trade_off_front(results: Sequence[GroupResult]) -> list[GroupResult]:
     return sorted(front, key=lambda r: (r.seq, r.aggregates["plasticity"][0]))
 
 
+def _bits_after(run: Run, i: int) -> float:
+    """The mean frozen bits per parameter after game ``i`` (0-based) of ``run``'s
+    ``summary.json``, NaN where it has none."""
+    after = (run.data.summary or {}).get("after_game") or []
+    bits = after[i].get("mean_bits") if i < len(after) else None
+    return math.nan if bits is None else float(bits)
+
+
 def analyze_group(
     label: str, runs: Sequence[Run], scratch: Sequence[Run], reps: int = 2000
 ) -> GroupResult:
@@ -387,12 +398,12 @@ def analyze_group(
         plasticity=arr["plasticity"],
         final_normalized=arr["norm"],
     )
-    bits = [  # BLIP's own freeze (a branch of another method copies its source's record)
-        ((r.data.summary or {}).get("after_game") or [{}])[0].get("mean_bits")
-        for r in runs
-        if r.data.method == "blip"
+    # BLIP's own freeze (a branch of another method copies its source's record)
+    res.mean_bits_after = [
+        finite_mean(np.array([_bits_after(r, i) for r in runs if r.data.method == "blip"], float))
+        for i in range(k - 1)
     ]
-    res.mean_bits = finite_mean(np.array([math.nan if b is None else b for b in bits], float))
+    res.mean_bits = res.mean_bits_after[0] if res.mean_bits_after else math.nan
     res.method = runs[0].data.method
     res.knobs = knob_values(runs[0].data.config)
     res.scratch_learned = {g: bool(s_ok[j]) for j, g in enumerate(games) if j and s_counts[g]}
@@ -478,12 +489,18 @@ def runs_markdown(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
+def _bits_cell(r: GroupResult) -> str:
+    """The frozen bits after each game but the last, ``3.43, 4.96``; a dash for no BLIP run."""
+    values = [b for b in r.mean_bits_after if np.isfinite(b)]
+    return ", ".join(_f(b) for b in r.mean_bits_after) if values else _f(math.nan)
+
+
 def aggregate_markdown(results: Sequence[GroupResult]) -> str:
     """One row per group: IQM [95% CI] and mean [95% CI] of each aggregate."""
     lines = [
         "| sequence | group | runs | forgetting IQM [CI] | retention IQM [CI] "
         "| plasticity IQM [CI] | avg final norm IQM [CI] | forgetting mean [CI] "
-        "| plasticity mean [CI] | bits frozen after game 1 |",
+        "| plasticity mean [CI] | bits frozen after game 1 (, 2, ...) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -493,7 +510,7 @@ def aggregate_markdown(results: Sequence[GroupResult]) -> str:
             f"| {_ci(a['forgetting'])} (n={_n(r.forgetting)}) | {_ci(a['retention'])} "
             f"| {_ci(a['plasticity'])} (n={_n(r.plasticity)}) "
             f"| {_ci(a['avg_final_normalized'])} "
-            f"| {_ci(m['forgetting'])} | {_ci(m['plasticity'])} | {_f(r.mean_bits)} |"
+            f"| {_ci(m['forgetting'])} | {_ci(m['plasticity'])} | {_bits_cell(r)} |"
         )
     return "\n".join(lines)
 
@@ -802,6 +819,7 @@ def _to_json(res: GroupResult) -> dict[str, Any]:
         "iqm_ci": {k: list(v) for k, v in res.aggregates.items()},
         "mean_ci": {k: list(v) for k, v in res.means.items()},
         "mean_bits": None if math.isnan(res.mean_bits) else res.mean_bits,
+        "mean_bits_after": [None if math.isnan(b) else b for b in res.mean_bits_after],
         "method": res.method,
         "knobs": res.knobs,
     }
