@@ -272,17 +272,21 @@ class GroupResult:
     final_normalized: np.ndarray
     aggregates: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     means: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    mean_bits: float = math.nan
-    """BLIP: the mean frozen bits per parameter after game 1, over the runs (NaN otherwise)."""
     mean_bits_after: list[float] = field(default_factory=list)
-    """BLIP: the same after each game but the last (game 1's first): the freeze each later game
-    meets, e.g. two values for three games (empty for other methods)."""
+    """BLIP: the mean frozen bits per parameter after each game but the last, over the runs
+    (game 1's first): the freeze each later game meets, e.g. two values for three games (NaN
+    for other methods)."""
     method: str = ""
     """The continual method of the group's runs (``blip``, ``finetune``, ``ewc``...)."""
     knobs: dict[str, float] = field(default_factory=dict)
     """The calibrated settings of the group's runs, where their config has them (``KNOBS``)."""
     scratch_learned: dict[str, bool] = field(default_factory=dict)
     """Each later game that has from-scratch runs at this budget: whether they learned it."""
+
+    @property
+    def mean_bits(self) -> float:
+        """BLIP: the mean frozen bits per parameter after game 1 (NaN otherwise)."""
+        return self.mean_bits_after[0] if self.mean_bits_after else math.nan
 
     @property
     def seq(self) -> str:
@@ -403,7 +407,6 @@ def analyze_group(
         finite_mean(np.array([_bits_after(r, i) for r in runs if r.data.method == "blip"], float))
         for i in range(k - 1)
     ]
-    res.mean_bits = res.mean_bits_after[0] if res.mean_bits_after else math.nan
     res.method = runs[0].data.method
     res.knobs = knob_values(runs[0].data.config)
     res.scratch_learned = {g: bool(s_ok[j]) for j, g in enumerate(games) if j and s_counts[g]}
@@ -491,8 +494,9 @@ def runs_markdown(runs: Sequence[Run]) -> str:
 
 def _bits_cell(r: GroupResult) -> str:
     """The frozen bits after each game but the last, ``3.43, 4.96``; a dash for no BLIP run."""
-    values = [b for b in r.mean_bits_after if np.isfinite(b)]
-    return ", ".join(_f(b) for b in r.mean_bits_after) if values else _f(math.nan)
+    if not np.isfinite(r.mean_bits_after).any():
+        return _f(math.nan)
+    return ", ".join(_f(b) for b in r.mean_bits_after)
 
 
 def aggregate_markdown(results: Sequence[GroupResult]) -> str:
